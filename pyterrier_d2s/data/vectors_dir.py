@@ -1,0 +1,80 @@
+"""The "vectors directory" format (the format of the packaged demo set).
+
+``images.jsonl`` (``image_id``, optional ``split``, anything else) + ``image_vectors.npy``, and
+``captions.jsonl`` (``caption_id``, ``image_id``, ``caption``) + ``caption_vectors.npy``, rows aligned line by
+line. Written by ``d2s encode`` and read here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .pairs import DataError, PairedVectors
+
+__all__ = ["read_vectors_dir", "read_jsonl"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def _require(row: dict, key: str, path: Path, n: int) -> str:
+    if key not in row:
+        raise DataError(f"{path}:{n}: missing field {key!r}")
+    return str(row[key])
+
+
+def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> PairedVectors:
+    """Read a vectors directory into validated :class:`PairedVectors`."""
+    d = Path(directory)
+    files = {f: d / f for f in ("images.jsonl", "image_vectors.npy", "captions.jsonl", "caption_vectors.npy")}
+    missing = [f for f, p in files.items() if not p.is_file()]
+    if missing:
+        raise DataError(f"{d} is not a vectors directory: missing {', '.join(missing)}")
+    images = read_jsonl(files["images.jsonl"])
+    captions = read_jsonl(files["captions.jsonl"])
+    image_ids = [_require(r, "image_id", files["images.jsonl"], n) for n, r in enumerate(images, 1)]
+    row_of = {iid: i for i, iid in enumerate(image_ids)}
+    caption_ids, texts, links = [], [], []
+    for n, r in enumerate(captions, 1):
+        cid = _require(r, "caption_id", files["captions.jsonl"], n)
+        iid = _require(r, "image_id", files["captions.jsonl"], n)
+        if iid not in row_of:
+            raise DataError(f"{files['captions.jsonl']}:{n}: caption {cid!r} points to unknown image {iid!r}")
+        caption_ids.append(cid)
+        texts.append(r.get("caption", ""))
+        links.append(row_of[iid])
+    has_split = any("split" in r for r in images)
+    split = np.array([str(r.get("split", "")) for r in images]) if has_split else None
+    iv = np.load(files["image_vectors.npy"], allow_pickle=False)
+    cv = np.load(files["caption_vectors.npy"], allow_pickle=False)
+    if len(image_ids) != len(iv):
+        raise DataError(f"{d}: images.jsonl has {len(image_ids)} lines but image_vectors.npy has {len(iv)} rows")
+    if len(caption_ids) != len(cv):
+        raise DataError(
+            f"{d}: captions.jsonl has {len(caption_ids)} lines but caption_vectors.npy has {len(cv)} rows"
+        )
+    return PairedVectors(
+        image_ids=image_ids,
+        image_vectors=np.ascontiguousarray(iv, dtype=np.float32),
+        caption_ids=caption_ids,
+        caption_texts=texts,
+        caption_image=np.asarray(links, dtype=np.int64),
+        caption_vectors=np.ascontiguousarray(cv, dtype=np.float32),
+        image_split=split,
+        name=name or str(d),
+        meta={"images": images},
+    ).validate()

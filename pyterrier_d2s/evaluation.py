@@ -1,0 +1,230 @@
+"""The paper's measures: FLOPs (Eq. 1), Exact@k (Eq. 2), Semantic@k (Eq. 3) and recall/MRR through ir_measures.
+
+Everything here works on CSR matrices of sparse vectors (rows = captions or images, columns = vocabulary)
+and plain numpy dense vectors, so it serves training (validation) and the PyTerrier side alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from ir_measures import RR, R
+
+__all__ = [
+    "flops",
+    "exact_at_k",
+    "semantic_at_k",
+    "sparse_top_k",
+    "dense_top_k",
+    "run_frame",
+    "qrels_frame",
+    "retrieval_metrics",
+    "mean_nnz",
+    "dense_metrics",
+    "evaluate_head",
+    "DEFAULT_MEASURES",
+]
+
+DEFAULT_MEASURES = (R @ 1, R @ 5, R @ 10, RR @ 10)
+
+
+def _term_counts(m: sp.csr_matrix) -> np.ndarray:
+    return np.bincount(m.indices[m.data > 0], minlength=m.shape[1]).astype(np.float64)
+
+
+def flops(queries: sp.csr_matrix, docs: sp.csr_matrix) -> float:
+    """Eq. 1: mean number of co-activated terms over all (query, document) pairs.
+
+    ``1/(|Q||D|) Σ_q Σ_d |nz(s_q) ∩ nz(s_d)| = Σ_k n_q(k)·n_d(k) / (|Q||D|)``, exact from per-term counts.
+    """
+    if queries.shape[0] == 0 or docs.shape[0] == 0:
+        return 0.0
+    return float(_term_counts(queries) @ _term_counts(docs)) / (queries.shape[0] * docs.shape[0])
+
+
+def mean_nnz(m: sp.csr_matrix) -> float:
+    """Mean number of non-zero terms per row."""
+    return float((m.data > 0).sum()) / max(1, m.shape[0])
+
+
+def _top_terms(row_idx: np.ndarray, row_val: np.ndarray, k: int) -> np.ndarray:
+    keep = row_val > 0
+    row_idx, row_val = row_idx[keep], row_val[keep]
+    if len(row_val) > k:
+        # stable order: by weight, ties by token id, so the metric does not depend on storage order
+        order = np.lexsort((row_idx, -row_val))[:k]
+        row_idx = row_idx[order]
+    return row_idx
+
+
+def exact_at_k(weights: sp.csr_matrix, own_ids: Sequence[np.ndarray], k: int = 20) -> float:
+    """Eq. 2, averaged over captions: ``|{t ∈ caption} ∩ top_k(s_C)| / k``."""
+    if weights.shape[0] != len(own_ids):
+        raise ValueError(f"{weights.shape[0]} sparse rows for {len(own_ids)} token lists")
+    weights = weights.tocsr()
+    total = 0.0
+    for i, own in enumerate(own_ids):
+        lo, hi = weights.indptr[i], weights.indptr[i + 1]
+        top = _top_terms(weights.indices[lo:hi], weights.data[lo:hi], k)
+        total += len(np.intersect1d(top, own)) / k
+    return total / max(1, len(own_ids))
+
+
+def semantic_at_k(
+    weights: sp.csr_matrix, own_ids: Sequence[np.ndarray], embeddings: np.ndarray, k: int = 20
+) -> float:
+    """Eq. 3, averaged over captions: ``1/k Σ_{t ∈ top_k(s_C)} max_{j ∈ caption} cos(e_t, e_j)``.
+
+    ``embeddings`` are static term embeddings (|V| x e); the default elsewhere is the vocabulary embeddings.
+    """
+    if weights.shape[0] != len(own_ids):
+        raise ValueError(f"{weights.shape[0]} sparse rows for {len(own_ids)} token lists")
+    emb = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = emb / np.where(norms > 0, norms, 1.0)
+    weights = weights.tocsr()
+    total = 0.0
+    for i, own in enumerate(own_ids):
+        if len(own) == 0:
+            continue
+        lo, hi = weights.indptr[i], weights.indptr[i + 1]
+        top = _top_terms(weights.indices[lo:hi], weights.data[lo:hi], k)
+        if len(top) == 0:
+            continue
+        total += float((emb[top] @ emb[np.asarray(own)].T).max(axis=1).sum()) / k
+    return total / max(1, len(own_ids))
+
+
+def _top_k_rows(scores: np.ndarray, k: int, drop_nonpositive: bool) -> tuple[np.ndarray, np.ndarray]:
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
+        np.arange(scores.shape[1]), (scores.shape[0], 1)
+    )
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1)
+    val = np.take_along_axis(part_scores, order, axis=1)
+    if drop_nonpositive:
+        idx = np.where(val > 0, idx, -1)
+    return idx, val
+
+
+def sparse_top_k(
+    queries: sp.csr_matrix, docs: sp.csr_matrix, k: int = 10, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of float sparse dot products. Returns (doc rows, scores), both (n_q, k); row -1 = none.
+
+    Documents with score 0 share no term with the query and are not retrieved (as in an inverted index).
+    """
+    docs_t = docs.T.tocsr().astype(np.float32)
+    out_idx, out_val = [], []
+    for start in range(0, queries.shape[0], batch_size):
+        scores = (queries[start : start + batch_size].astype(np.float32) @ docs_t).toarray()
+        idx, val = _top_k_rows(scores, k, drop_nonpositive=True)
+        out_idx.append(idx)
+        out_val.append(val)
+    if not out_idx:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.vstack(out_idx), np.vstack(out_val)
+
+
+def dense_top_k(
+    queries: np.ndarray, docs: np.ndarray, k: int = 10, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of dense dot products (cosine for L2-normalised vectors)."""
+    out_idx, out_val = [], []
+    for start in range(0, len(queries), batch_size):
+        scores = queries[start : start + batch_size].astype(np.float32) @ docs.astype(np.float32).T
+        idx, val = _top_k_rows(scores, k, drop_nonpositive=False)
+        out_idx.append(idx)
+        out_val.append(val)
+    if not out_idx:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.vstack(out_idx), np.vstack(out_val)
+
+
+def run_frame(qids: Sequence[str], docnos: Sequence[str], idx: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """A PyTerrier result frame (qid, docno, score, rank) from top-k rows; row -1 entries are skipped."""
+    n_q, k = idx.shape
+    keep = idx >= 0
+    q_rows = np.repeat(np.arange(n_q), k)[keep.ravel()]
+    ranks = np.tile(np.arange(k), n_q)[keep.ravel()]
+    docnos_arr = np.asarray(docnos, dtype=object)
+    qids_arr = np.asarray(qids, dtype=object)
+    return pd.DataFrame(
+        {
+            "qid": qids_arr[q_rows],
+            "docno": docnos_arr[idx[keep]],
+            "score": scores[keep].astype(np.float64),
+            "rank": ranks,
+        }
+    )
+
+
+def qrels_frame(caption_ids: Sequence[str], caption_image: np.ndarray, image_ids: Sequence[str]) -> pd.DataFrame:
+    """Qrels (qid, docno, label): each caption's relevant document is its own image."""
+    img = np.asarray(image_ids, dtype=object)
+    return pd.DataFrame({"qid": list(caption_ids), "docno": img[np.asarray(caption_image)], "label": 1})
+
+
+def retrieval_metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures=DEFAULT_MEASURES) -> dict:
+    """Aggregate ir_measures values of a run, keyed by the measure objects' names (e.g. ``'R@1'``)."""
+    run_m = run.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
+    qrels_m = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
+    qrels_m = qrels_m[["query_id", "doc_id", "relevance"]]
+    # ir_measures scores queries of the qrels that retrieved nothing as 0 (checked in the tests)
+    result = ir_measures.calc_aggregate(list(measures), qrels_m, run_m)
+    return {str(m): float(result.get(m, 0.0)) for m in measures}
+
+
+def dense_metrics(data, measures=DEFAULT_MEASURES, k: int = 10) -> dict:
+    """Caption→image metrics of the frozen dense model itself (exact dot products) on ``data``."""
+    idx, val = dense_top_k(data.caption_vectors, data.image_vectors, k=k)
+    run = run_frame(data.caption_ids, data.image_ids, idx, val)
+    return retrieval_metrics(run, qrels_frame(data.caption_ids, data.caption_image, data.image_ids), measures)
+
+
+def evaluate_head(
+    head,
+    data,
+    expansion: bool | None = None,
+    k: int = 10,
+    semantic_embeddings: np.ndarray | None = None,
+    measures=DEFAULT_MEASURES,
+) -> dict:
+    """The paper's numbers for a head on ``data`` (caption→image, exact sparse scoring).
+
+    Returns R@1/R@5/R@10/RR@10 (as ``'R@1'``...), ``flops`` (Eq. 1), ``exact20`` / ``semantic20`` (Eq. 2-3,
+    k = 20, on the fully expanded captions), ``q_nnz`` / ``d_nnz``. ``expansion=None`` expands the queries
+    unless the head was trained with ``exp="0"``.
+    """
+    from .head import load_word_embeddings
+
+    if expansion is None:
+        expansion = head.config.exp != "0"
+    own = head.vocab.token_ids(data.caption_texts)
+    q_full = head.encode(data.caption_vectors)
+    q = q_full if expansion else head.encode(data.caption_vectors, own_token_ids=own)
+    d = head.encode(data.image_vectors)
+    idx, val = sparse_top_k(q, d, k=k)
+    run = run_frame(data.caption_ids, data.image_ids, idx, val)
+    qrels = qrels_frame(data.caption_ids, data.caption_image, data.image_ids)
+    if semantic_embeddings is None:
+        # static term embeddings: the offline bert-base-uncased-vocabulary word embeddings
+        semantic_embeddings = load_word_embeddings().numpy()
+    if len(semantic_embeddings) != len(head.vocab):
+        raise ValueError(
+            f"semantic_embeddings has {len(semantic_embeddings)} rows for a {len(head.vocab)}-token vocabulary"
+        )
+    return {
+        **retrieval_metrics(run, qrels, measures),
+        "flops": flops(q, d),
+        "exact20": exact_at_k(q_full, own, 20),
+        "semantic20": semantic_at_k(q_full, own, semantic_embeddings, 20),
+        "q_nnz": mean_nnz(q),
+        "d_nnz": mean_nnz(d),
+    }

@@ -1,0 +1,87 @@
+"""The D2S training loss (paper Eq. 7).
+
+``L = (1 - λ)·(ℓ(I→C) + ℓ(C→I)) + λ·η·(L1(s_I) + L1(s_C))`` where ``ℓ(A→B)`` is the cross-entropy (log base 2,
+as the paper writes it) of the student distribution ``softmax_b(s_A · s_B)`` against the teacher distribution
+``softmax_b(z_A · z_B / τ)`` over the in-batch candidates, averaged over the batch; the teacher carries no
+gradient. ``L1(s) = ||s||_1`` averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["D2SLoss", "LossParts", "distillation_ce", "sparse_scores", "l1_norm", "l1_warmup_factor"]
+
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    i2c: torch.Tensor
+    c2i: torch.Tensor
+    l1_img: torch.Tensor
+    l1_cap: torch.Tensor
+
+
+def distillation_ce(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """ℓ(A→B) from score matrices (rows = A, columns = in-batch candidates B).
+
+    Batch mean of ``-Σ_b softmax(z_A·z_B/τ)[a, b] · log2 softmax(s_A·s_B)[a, b]``; no gradient to the teacher.
+    """
+    with torch.no_grad():
+        teacher = torch.softmax(teacher_scores.float() / tau, dim=1)
+    log_student = torch.log_softmax(student_scores.float(), dim=1) / _LN2
+    return -(teacher * log_student).sum(dim=1).mean()
+
+
+def sparse_scores(s_a: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
+    """``s_a · s_bᵀ`` over the columns active on both sides only (the others add exactly zero)."""
+    both = ((s_a > 0).any(dim=0) & (s_b > 0).any(dim=0)).nonzero().squeeze(1)
+    return s_a[:, both] @ s_b[:, both].T
+
+
+def l1_norm(s: torch.Tensor) -> torch.Tensor:
+    """Batch mean of ``||s||_1`` (weights are non-negative, the abs keeps it honest)."""
+    return s.float().abs().sum(dim=1).mean()
+
+
+def l1_warmup_factor(step: int, warmup_steps: int) -> float:
+    """Quadratic warm-up of the L1 weight: ``min(1, step/T)^2`` (the published code's schedule)."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, step / warmup_steps) ** 2
+
+
+class D2SLoss:
+    """Eq. 7 with fixed ``tau``, ``lam`` (λ) and ``eta`` (η)."""
+
+    def __init__(self, tau: float = 1e-3, lam: float = 0.5, eta: float = 1e-3):
+        if tau <= 0:
+            raise ValueError("tau must be > 0")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError("lam (λ) must be in [0, 1]")
+        if eta < 0:
+            raise ValueError("eta (η) must be >= 0")
+        self.tau, self.lam, self.eta = tau, lam, eta
+
+    def __call__(
+        self,
+        s_img: torch.Tensor,
+        s_cap: torch.Tensor,
+        z_img: torch.Tensor,
+        z_cap: torch.Tensor,
+        l1_factor: float = 1.0,
+    ) -> LossParts:
+        """Row i of each tensor belongs to pair i of the batch (an image may appear in several rows)."""
+        student = sparse_scores(s_img, s_cap)  # images x captions; its transpose serves C→I
+        with torch.no_grad():
+            teacher = z_img.float() @ z_cap.float().T
+        i2c = distillation_ce(student, teacher, self.tau)
+        c2i = distillation_ce(student.T, teacher.T, self.tau)
+        l1_i, l1_c = l1_norm(s_img), l1_norm(s_cap)
+        total = (1 - self.lam) * (i2c + c2i) + self.lam * self.eta * l1_factor * (l1_i + l1_c)
+        return LossParts(total, i2c, c2i, l1_i, l1_c)

@@ -1,0 +1,359 @@
+"""D2STrainer: trains a D2SHead on frozen dense vectors (paper Section 4, Algorithm 1, Eq. 7).
+
+Batches are caption–image pairs (an image appears once per caption of it). Each step draws the expansion
+masks (:class:`ExpansionControl`), masks the caption vectors, and minimises Eq. 7. After every epoch the
+head is validated (caption→image R@1 with exact sparse scoring), the best head is kept, and a checkpoint is
+written atomically, so a killed run resumes from the last finished epoch with the same result as an
+uninterrupted one (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.pairs import PairedVectors
+from ..head import D2SHead, D2SHeadConfig, load_word_embeddings
+from ..vocab import Vocabulary, ids_to_csr
+from .expansion import EXPANSION_MODES, ExpansionControl
+from .loss import D2SLoss, l1_warmup_factor
+
+__all__ = ["D2STrainer", "TrainConfig", "TrainResult"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters. Defaults follow the paper and its published setting.
+
+    ``lam`` is λ and ``eta`` is η of Eq. 7; λ = 0.5 makes Eq. 7 the published script's
+    ``(ℓ(I→C) + ℓ(C→I))/2 + η·(L1(s_I) + L1(s_C))/2``.
+    """
+
+    exp: str = "c+w"
+    eta: float = 1e-3
+    lam: float = 0.5
+    tau: float = 1e-3
+    epochs: int = 200
+    batch_size: int = 512
+    lr_proj: float = 1e-3  # W1
+    lr_vocab: float = 5e-5  # LayerNorm + W2 (initialised from vocabulary embeddings)
+    warmup_ratio: float = 0.2  # linear LR warm-up over this share of the steps, then linear decay
+    l1_warmup: bool = True  # quadratic warm-up of the L1 weight over the same steps
+    hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
+    init: str = "embeddings"
+    seed: int = 42
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        if self.exp not in EXPANSION_MODES:
+            raise ValueError(f"exp must be one of {EXPANSION_MODES}, not {self.exp!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+
+
+@dataclass
+class TrainResult:
+    head: D2SHead
+    best_epoch: int
+    best_r1: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _TokenRows:
+    """Captions' own token ids as a CSR structure on the device, to build B x |V| masks quickly."""
+
+    def __init__(self, own_ids: list[np.ndarray], vocab_size: int, device: torch.device):
+        lengths = np.array([len(x) for x in own_ids], dtype=np.int64)
+        self.indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).to(device)
+        self.indices = torch.from_numpy(
+            np.concatenate(own_ids).astype(np.int64) if len(own_ids) else np.zeros(0, np.int64)
+        ).to(device)
+        self.vocab_size = vocab_size
+
+    def mask(self, rows: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        lengths = ends - starts
+        out = torch.zeros(len(rows), self.vocab_size, dtype=dtype, device=rows.device)
+        total = int(lengths.sum())
+        if total:
+            row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
+            offset = torch.arange(total, device=rows.device) - torch.repeat_interleave(
+                torch.cumsum(lengths, 0) - lengths, lengths
+            )
+            cols = self.indices[torch.repeat_interleave(starts, lengths) + offset]
+            out[row_of, cols] = 1
+        return out
+
+
+class D2STrainer:
+    """Trains a :class:`D2SHead` on :class:`PairedVectors`.
+
+    Args:
+        config: hyper-parameters.
+        vocab: the output vocabulary (default: offline bert-base-uncased).
+        embeddings: |V| x ω matrix to initialise W2 (default: the vocabulary's shipped word embeddings).
+        checkpoint_dir: where the per-epoch checkpoint goes; a checkpoint found there is resumed.
+        device: ``"cuda"``, ``"cpu"``... (default: CUDA when available).
+        callbacks: called as ``cb(event, info)`` after every step (``"step"``) and epoch (``"epoch"``).
+        progress: show a tqdm bar.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig | None = None,
+        vocab: Vocabulary | None = None,
+        embeddings: torch.Tensor | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        callbacks: list[Callable[[str, dict], None]] | None = None,
+        progress: bool = True,
+    ):
+        self.config = config or TrainConfig()
+        self.vocab = vocab or Vocabulary()
+        self.embeddings = embeddings
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.callbacks = list(callbacks or [])
+        self.progress = progress
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def new_head(self, input_dim: int, dense_encoder: str | None = None) -> D2SHead:
+        cfg = self.config
+        embeddings, embeddings_from = self.embeddings, None
+        if cfg.init == "embeddings" and embeddings is None:
+            embeddings_from = self.vocab.name_or_dir
+            embeddings = load_word_embeddings(embeddings_from)
+        hidden = cfg.hidden_dim or (int(embeddings.shape[1]) if embeddings is not None else 384)
+        head_cfg = D2SHeadConfig(
+            input_dim=input_dim,
+            hidden_dim=hidden,
+            vocab_size=len(self.vocab),
+            init=cfg.init,
+            embeddings_from=embeddings_from,
+            dense_encoder=dense_encoder,
+            exp=cfg.exp,
+        )
+        torch.manual_seed(cfg.seed)
+        return D2SHead(head_cfg, vocab=self.vocab, embeddings=embeddings)
+
+    def _lr_factor(self, step: int, total: int, warmup: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    # -- training -------------------------------------------------------------------------------------
+    def fit(self, data: PairedVectors, dense_encoder: str | None = None) -> TrainResult:
+        """Train on ``data``'s training pairs, validate on its validation pairs, return the best head."""
+        cfg = self.config
+        data.validate()
+        train, val = data.train_and_validation()
+        if len(train) < 2:
+            raise ValueError(f"{data.name}: need at least 2 training captions, got {len(train)}")
+        dev = self.device
+        started = time.perf_counter()
+
+        own_train = self.vocab.token_ids(train.caption_texts)
+        df = self.vocab.document_frequency(ids_to_csr(own_train, len(self.vocab)))
+        control = ExpansionControl(cfg.exp, cfg.epochs, df)
+        token_rows = _TokenRows(own_train, len(self.vocab), dev)
+        val_own = _TokenRows(self.vocab.token_ids(val.caption_texts), len(self.vocab), dev) if cfg.exp == "0" else None
+
+        head = self.new_head(train.dim, dense_encoder).to(dev)
+        loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": list(head.proj.parameters()), "lr": cfg.lr_proj},
+                {"params": list(head.norm.parameters()) + list(head.vocab_proj.parameters()), "lr": cfg.lr_vocab},
+            ],
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=0.0,
+        )
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        generator = torch.Generator().manual_seed(cfg.seed)
+
+        n = len(train)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = int(total_steps * cfg.warmup_ratio)
+
+        z_cap = torch.from_numpy(train.caption_vectors).to(dev)
+        z_img = torch.from_numpy(train.image_vectors).to(dev)
+        cap_img = torch.from_numpy(train.caption_image).to(dev)
+        val_tensors = (
+            torch.from_numpy(val.caption_vectors).to(dev),
+            torch.from_numpy(val.image_vectors).to(dev),
+            torch.from_numpy(val.caption_image).to(dev),
+        )
+
+        start_epoch, best_r1, best_epoch, best_state, history = 0, -1.0, -1, None, []
+        fingerprint = {"images": len(train.image_ids), "captions": n, "dim": train.dim}
+        ckpt = self._load_checkpoint(fingerprint)
+        if ckpt is not None:
+            head.load_state_dict(ckpt["head"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            generator.set_state(ckpt["generator"])
+            start_epoch, best_r1, best_epoch = ckpt["epoch"], ckpt["best_r1"], ckpt["best_epoch"]
+            best_state, history = ckpt["best_state"], ckpt["history"]
+            logger.info("resuming from %s at epoch %d", self.checkpoint_dir, start_epoch)
+
+        use_amp = cfg.amp and dev.type == "cuda"
+        bar = tqdm(
+            range(start_epoch, cfg.epochs),
+            initial=start_epoch,
+            total=cfg.epochs,
+            desc=f"D2S exp={cfg.exp} η={cfg.eta:g}",
+            disable=not self.progress,
+            unit="epoch",
+        )
+        for epoch in bar:
+            head.train()
+            perm = torch.randperm(n, generator=generator).to(dev)
+            epoch_loss = 0.0
+            for b in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + b
+                factor = self._lr_factor(step, total_steps, warmup)
+                for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    group["lr"] = lr * factor
+                rows = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if len(rows) < 2:
+                    continue  # a softmax over one candidate carries no signal
+                zc, zi = z_cap[rows], z_img[cap_img[rows]]
+                expansion = control.mask(token_rows.mask(rows), epoch, generator)
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    s_cap = head(zc, mask=expansion)
+                    s_img = head(zi)
+                    l1_factor = l1_warmup_factor(step, warmup) if cfg.l1_warmup else 1.0
+                    parts = loss_fn(s_img, s_cap, zi, zc, l1_factor=l1_factor)
+                optimizer.zero_grad(set_to_none=True)
+                parts.total.backward()
+                optimizer.step()
+                epoch_loss += float(parts.total.detach())
+                for cb in self.callbacks:
+                    cb("step", {"epoch": epoch, "step": b, "loss": float(parts.total.detach())})
+
+            metrics = self._validate(head, val_tensors, val_own)
+            record = {
+                "epoch": epoch + 1,
+                "loss": epoch_loss / steps_per_epoch,
+                "p_c": control.caption_prob(epoch),
+                **metrics,
+            }
+            history.append(record)
+            if metrics["r1"] > best_r1:
+                best_r1, best_epoch = metrics["r1"], epoch + 1
+                best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            bar.set_postfix(
+                loss=f"{record['loss']:.3f}",
+                r1=f"{metrics['r1']:.3f}",
+                flops=f"{metrics['flops']:.1f}",
+                q_nnz=f"{metrics['q_nnz']:.0f}",
+                d_nnz=f"{metrics['d_nnz']:.0f}",
+            )
+            self._save_checkpoint(
+                {
+                    "epoch": epoch + 1,
+                    "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "best_r1": best_r1,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "history": history,
+                    "config": asdict(cfg),
+                    "fingerprint": fingerprint,
+                }
+            )
+            for cb in self.callbacks:
+                cb("epoch", record)
+        bar.close()
+
+        best = copy.deepcopy(head).cpu()
+        if best_state is not None:
+            best.load_state_dict(best_state)
+        best.config.extra = {
+            "eta": cfg.eta,
+            "lam": cfg.lam,
+            "tau": cfg.tau,
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "best_epoch": best_epoch,
+            "val_r1": best_r1,
+            "trained_on": data.name,
+        }
+        return TrainResult(best, best_epoch, best_r1, history, time.perf_counter() - started)
+
+    @torch.no_grad()
+    def _validate(self, head: D2SHead, val_tensors, val_own: _TokenRows | None) -> dict[str, float]:
+        """Caption→image R@1 over exact sparse scores, FLOPs (Eq. 1) and mean non-zeros."""
+        head.eval()
+        z_cap, z_img, gold = val_tensors
+        bs = self.config.eval_batch_size
+        s_img = torch.cat([head(z_img[i : i + bs]) for i in range(0, len(z_img), bs)])
+        d_counts = torch.count_nonzero(s_img, dim=0).double()
+        q_counts = torch.zeros_like(d_counts)
+        hits, q_nnz = 0, 0.0
+        for i in range(0, len(z_cap), bs):
+            rows = torch.arange(i, min(i + bs, len(z_cap)), device=z_cap.device)
+            s_cap = head(z_cap[rows], mask=None if val_own is None else val_own.mask(rows))
+            scores = s_cap @ s_img.T
+            best_score, best_doc = scores.max(dim=1)
+            hits += int(((best_doc == gold[i : i + bs]) & (best_score > 0)).sum())
+            nz = torch.count_nonzero(s_cap, dim=0).double()
+            q_counts += nz
+            q_nnz += float(nz.sum())
+        head.train()
+        n_c, n_i = len(z_cap), len(z_img)
+        return {
+            "r1": hits / n_c,
+            "flops": float(q_counts @ d_counts) / (n_c * n_i),
+            "q_nnz": q_nnz / n_c,
+            "d_nnz": float(d_counts.sum()) / n_i,
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _load_checkpoint(self, fingerprint: dict) -> dict | None:
+        if self.checkpoint_dir is None:
+            return None
+        path = self.checkpoint_dir / CHECKPOINT_NAME
+        if not path.is_file():
+            return None
+        # weights_only: plain tensors and containers, no arbitrary pickle code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("config") != asdict(self.config) or ckpt.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{path} was written by a run with other settings or data "
+                f"({ckpt.get('config')}, {ckpt.get('fingerprint')}); use another --out or delete it"
+            )
+        return ckpt
+
+    def _save_checkpoint(self, state: dict) -> None:
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / CHECKPOINT_NAME
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint or the new one, never half
+
