@@ -1,0 +1,181 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyterrier_d2s.data import DataError, PairedVectors, load_pairs
+from pyterrier_d2s.training import D2STrainer, TrainConfig
+from pyterrier_d2s.training.trainer import CHECKPOINT_NAME
+
+WORDS = "dog cat man woman car bus tree beach red blue small big sitting running table pizza".split()
+
+
+def synthetic_pairs(n_images=24, captions_per_image=2, dim=8, seed=0) -> PairedVectors:
+    rng = np.random.RandomState(seed)
+    iv = rng.randn(n_images, dim).astype(np.float32)
+    iv /= np.linalg.norm(iv, axis=1, keepdims=True)
+    links = np.repeat(np.arange(n_images), captions_per_image)
+    cv = iv[links] + 0.3 * rng.randn(len(links), dim).astype(np.float32)
+    cv /= np.linalg.norm(cv, axis=1, keepdims=True)
+    texts = [" ".join(rng.choice(WORDS, 4)) for _ in links]
+    return PairedVectors(
+        image_ids=[f"i{i}" for i in range(n_images)],
+        image_vectors=iv,
+        caption_ids=[f"c{i}" for i in range(len(links))],
+        caption_texts=texts,
+        caption_image=links,
+        caption_vectors=cv.astype(np.float32),
+        name="synthetic",
+    )
+
+
+def small_config(**over):
+    cfg = dict(exp="c+w", eta=1e-3, epochs=4, batch_size=16, hidden_dim=16, init="random", seed=7)
+    cfg.update(over)
+    return TrainConfig(**cfg)
+
+
+class Kill(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, vocab):
+    torch.set_num_threads(1)
+    data = synthetic_pairs()
+    full = D2STrainer(small_config(), vocab=vocab, checkpoint_dir=tmp_path / "a", progress=False).fit(data)
+
+    def die(event, info):
+        if event == "step" and info["epoch"] == 2 and info["step"] == 1:
+            raise Kill  # mid-epoch: the half-done epoch must be redone from the checkpoint
+
+    with pytest.raises(Kill):
+        D2STrainer(small_config(), vocab=vocab, checkpoint_dir=tmp_path / "b", callbacks=[die], progress=False).fit(data)
+    ckpt = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)
+    assert ckpt["epoch"] == 2
+    resumed = D2STrainer(small_config(), vocab=vocab, checkpoint_dir=tmp_path / "b", progress=False).fit(data)
+
+    assert resumed.best_epoch == full.best_epoch and resumed.best_r1 == full.best_r1
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for (name, a), (_, b) in zip(full.head.state_dict().items(), resumed.head.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path, vocab):
+    data = synthetic_pairs()
+    D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
+    with pytest.raises(ValueError, match="other settings or data"):
+        D2STrainer(small_config(epochs=1, eta=0.5), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
+
+
+def test_history_schedule_and_best_head(vocab):
+    data = synthetic_pairs()
+    res = D2STrainer(small_config(epochs=3), vocab=vocab, progress=False).fit(data)
+    assert [h["p_c"] for h in res.history] == pytest.approx([0, 1 / 3, 2 / 3])
+    assert res.best_r1 == max(h["r1"] for h in res.history)
+    assert res.head.config.extra["best_epoch"] == res.best_epoch
+    for h in res.history:
+        assert 0 <= h["r1"] <= 1 and h["flops"] >= 0 and h["q_nnz"] >= 0
+
+
+def test_bad_inputs_are_reported(vocab):
+    data = synthetic_pairs()
+    data.caption_vectors[3, 0] = np.nan
+    with pytest.raises(DataError, match="caption 'c3' has a NaN or inf vector"):
+        D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
+    data = synthetic_pairs()
+    data.caption_vectors = data.caption_vectors[:, :5]
+    with pytest.raises(DataError, match="dimension mismatch"):
+        D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
+    data = synthetic_pairs()
+    data.caption_image[5] = 99
+    with pytest.raises(DataError, match="caption 'c5' points to an unknown image"):
+        D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
+    data = synthetic_pairs()
+    data.caption_texts[2] = ""
+    with pytest.raises(DataError, match="caption 'c2' has empty text"):
+        D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
+    with pytest.raises(ValueError, match="exp must be one of"):
+        TrainConfig(exp="2")
+
+
+def write_small_vectors_dir(path: Path, n: int) -> Path:
+    data = load_pairs("coco500")
+    path.mkdir()
+    with open(path / "images.jsonl", "w") as f:
+        for i in data.image_ids[:n]:
+            f.write(json.dumps({"image_id": i}) + "\n")
+    with open(path / "captions.jsonl", "w") as f:
+        for c, t, r in zip(data.caption_ids[:n], data.caption_texts[:n], data.caption_image[:n], strict=True):
+            f.write(json.dumps({"caption_id": c, "image_id": data.image_ids[r], "caption": t}) + "\n")
+    np.save(path / "image_vectors.npy", data.image_vectors[:n])
+    np.save(path / "caption_vectors.npy", data.caption_vectors[:n])
+    return path
+
+
+def d2s(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "pyterrier_d2s.cli", *args], **kw)
+
+
+def test_cli_killed_run_resumes_to_the_same_head(tmp_path):
+    """A real SIGKILL mid-training, then the same command again: same weights as one uninterrupted run."""
+    from safetensors.torch import load_file
+
+    data_dir = write_small_vectors_dir(tmp_path / "data", 96)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["train", "--data", str(data_dir), "--epochs", "8", "--batch-size", "32", "--quiet"]
+    ref = d2s(*args, "--out", str(tmp_path / "ref"), env=env, stdout=subprocess.PIPE)
+    assert ref.wait(timeout=300) == 0
+
+    proc = d2s(*args, "--out", str(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL)
+    ckpt = tmp_path / "run" / CHECKPOINT_NAME
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 3 <= epoch_at_kill < 8
+    again = d2s(*args, "--out", str(tmp_path / "run"), env=env, stdout=subprocess.PIPE)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["epochs"] == 8
+    a = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_train_reports_the_paper_numbers(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pyterrier_d2s.cli", "train", "--data", "coco500", "--exp", "1", "--epochs", "3",
+         "--batch-size", "128", "--lr-vocab", "5e-5", "--lr-proj", "1e-3", "--quiet", "--out", str(tmp_path / "h")],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    for key in ("dense_r1", "sparse_r1", "sparse_r5", "sparse_mrr10", "flops", "exact20", "semantic20",
+                "q_nnz", "d_nnz", "epochs", "seconds"):
+        assert key in report, key
+    assert report["dense_r1"] == pytest.approx(0.506, abs=1e-3)
+    assert report["sparse_r1"] > 0.05  # 25x chance (1/500) after 3 epochs
+    assert (tmp_path / "h" / "config.json").is_file() and (tmp_path / "h" / "model.safetensors").is_file()
+
+
+def test_cli_bad_data_exits_with_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyterrier_d2s.cli", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no data at" in proc.stderr
