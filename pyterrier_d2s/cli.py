@@ -32,7 +32,9 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: 200 (40 for coco500)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 512 (128 for coco500)")
     p.add_argument("--lr-proj", type=float, default=None, help="learning rate of W1 (default 1e-3)")
-    p.add_argument("--lr-vocab", type=float, default=None, help="learning rate of LayerNorm + W2 (default 5e-5)")
+    p.add_argument(
+        "--lr-vocab", type=float, default=None, help="learning rate of LayerNorm + W2 (default 5e-5)"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
@@ -84,7 +86,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d2s", description="Dense2Sparse multimodal learned sparse retrieval")
+    parser = argparse.ArgumentParser(
+        prog="d2s", description="Dense2Sparse multimodal learned sparse retrieval"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -94,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         if args.command == "train":
             report = cmd_train(args)

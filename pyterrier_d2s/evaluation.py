@@ -101,8 +101,10 @@ def semantic_at_k(
 
 def _top_k_rows(scores: np.ndarray, k: int, drop_nonpositive: bool) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
-        np.arange(scores.shape[1]), (scores.shape[0], 1)
+    part = (
+        np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
     )
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
@@ -147,7 +149,9 @@ def dense_top_k(
     return np.vstack(out_idx), np.vstack(out_val)
 
 
-def run_frame(qids: Sequence[str], docnos: Sequence[str], idx: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+def run_frame(
+    qids: Sequence[str], docnos: Sequence[str], idx: np.ndarray, scores: np.ndarray
+) -> pd.DataFrame:
     """A PyTerrier result frame (qid, docno, score, rank) from top-k rows; row -1 entries are skipped."""
     n_q, k = idx.shape
     keep = idx >= 0
@@ -165,7 +169,9 @@ def run_frame(qids: Sequence[str], docnos: Sequence[str], idx: np.ndarray, score
     )
 
 
-def qrels_frame(caption_ids: Sequence[str], caption_image: np.ndarray, image_ids: Sequence[str]) -> pd.DataFrame:
+def qrels_frame(
+    caption_ids: Sequence[str], caption_image: np.ndarray, image_ids: Sequence[str]
+) -> pd.DataFrame:
     """Qrels (qid, docno, label): each caption's relevant document is its own image."""
     img = np.asarray(image_ids, dtype=object)
     return pd.DataFrame({"qid": list(caption_ids), "docno": img[np.asarray(caption_image)], "label": 1})

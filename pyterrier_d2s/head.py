@@ -115,11 +115,15 @@ class D2SHead(nn.Module):
         ``mask`` (n x |V| or |V|, 0/1) zeroes further terms, e.g. the expansion terms of a caption.
         """
         if z.shape[-1] != self.config.input_dim:
-            raise ValueError(f"dense vectors have dim {z.shape[-1]}, the head expects {self.config.input_dim}")
+            raise ValueError(
+                f"dense vectors have dim {z.shape[-1]}, the head expects {self.config.input_dim}"
+            )
         hidden = self.norm(self.proj(z))
         keep = self.keep_mask if mask is None else mask * self.keep_mask
         if torch.is_grad_enabled() and hidden.device.type == "cpu":
-            return _SparseGradVocabProjection.apply(hidden, self.vocab_proj.weight, self.vocab_proj.bias, keep)
+            return _SparseGradVocabProjection.apply(
+                hidden, self.vocab_proj.weight, self.vocab_proj.bias, keep
+            )
         logits = self.vocab_proj(hidden)
         return _LogReluMasked.apply(logits, keep.to(logits.dtype))
 

@@ -99,12 +99,19 @@ def write_authors_dir(path):
     path.mkdir()
     rng = np.random.RandomState(0)
     img = {"id": [10, 11, 12], "emb": [rng.randn(4).astype(np.float32).tolist() for _ in range(3)]}
-    txt = {"id": [100, 101, 102, 103, 104], "emb": [rng.randn(4).astype(np.float32).tolist() for _ in range(5)]}
+    txt = {
+        "id": [100, 101, 102, 103, 104],
+        "emb": [rng.randn(4).astype(np.float32).tolist() for _ in range(5)],
+    }
     pq.write_table(pa.table(img), path / "img_embs.parquet")
     pq.write_table(pa.table(txt), path / "text_embs.parquet")
     meta = {
         "images": [
-            {"imgid": 11, "split": "train", "sentences": [{"sentid": 103, "raw": "A cat."}, {"sentid": 100, "raw": "Cat."}]},
+            {
+                "imgid": 11,
+                "split": "train",
+                "sentences": [{"sentid": 103, "raw": "A cat."}, {"sentid": 100, "raw": "Cat."}],
+            },
             {"imgid": 10, "split": "restval", "sentences": [{"sentid": 101, "raw": "A dog."}]},
             {"imgid": 12, "split": "test", "sentences": [{"sentid": 104, "raw": "Two birds."}]},
         ]

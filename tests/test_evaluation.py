@@ -50,7 +50,9 @@ def test_semantic_at_k_hand_computed():
     # top-2 = {2, 3}; cos(e2, e0) = 1/sqrt(2), cos(e3, e0) = 1 -> (0.7071 + 1) / 2
     assert semantic_at_k(w, own, emb, k=2) == pytest.approx((1 / np.sqrt(2) + 1) / 2)
     # a top term identical to a caption term counts 1; k larger than the non-zeros divides by k
-    assert semantic_at_k(sp.csr_matrix(np.array([[0.0, 0.0, 0.0, 0.5]])), own, emb, k=4) == pytest.approx(0.25)
+    assert semantic_at_k(sp.csr_matrix(np.array([[0.0, 0.0, 0.0, 0.5]])), own, emb, k=4) == pytest.approx(
+        0.25
+    )
 
 
 def test_sparse_top_k_equals_brute_force():

@@ -45,7 +45,9 @@ def test_eq7_hand_computed():
     assert parts.total.item() == pytest.approx(expected, rel=1e-6)
     # the L1 warm-up factor scales only the regulariser
     half = D2SLoss(tau=tau, lam=lam, eta=eta)(s_img, s_cap, z_img, z_cap, l1_factor=0.5)
-    assert half.total.item() == pytest.approx((1 - lam) * (i2c + c2i) + 0.5 * lam * eta * (l1_i + l1_c), rel=1e-6)
+    assert half.total.item() == pytest.approx(
+        (1 - lam) * (i2c + c2i) + 0.5 * lam * eta * (l1_i + l1_c), rel=1e-6
+    )
 
 
 def test_teacher_gets_no_gradient_and_student_does():

@@ -56,14 +56,18 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, vocab):
             raise Kill  # mid-epoch: the half-done epoch must be redone from the checkpoint
 
     with pytest.raises(Kill):
-        D2STrainer(small_config(), vocab=vocab, checkpoint_dir=tmp_path / "b", callbacks=[die], progress=False).fit(data)
+        D2STrainer(
+            small_config(), vocab=vocab, checkpoint_dir=tmp_path / "b", callbacks=[die], progress=False
+        ).fit(data)
     ckpt = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)
     assert ckpt["epoch"] == 2
     resumed = D2STrainer(small_config(), vocab=vocab, checkpoint_dir=tmp_path / "b", progress=False).fit(data)
 
     assert resumed.best_epoch == full.best_epoch and resumed.best_r1 == full.best_r1
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    for (name, a), (_, b) in zip(full.head.state_dict().items(), resumed.head.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        full.head.state_dict().items(), resumed.head.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -71,7 +75,9 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path, vocab):
     data = synthetic_pairs()
     D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
     with pytest.raises(ValueError, match="other settings or data"):
-        D2STrainer(small_config(epochs=1, eta=0.5), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
+        D2STrainer(small_config(epochs=1, eta=0.5), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(
+            data
+        )
 
 
 def test_history_schedule_and_best_head(vocab):
@@ -159,13 +165,46 @@ def test_cli_killed_run_resumes_to_the_same_head(tmp_path):
 
 def test_cli_train_reports_the_paper_numbers(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pyterrier_d2s.cli", "train", "--data", "coco500", "--exp", "1", "--epochs", "3",
-         "--batch-size", "128", "--lr-vocab", "5e-5", "--lr-proj", "1e-3", "--quiet", "--out", str(tmp_path / "h")],
-        capture_output=True, text=True, timeout=600, check=True,
+        [
+            sys.executable,
+            "-m",
+            "pyterrier_d2s.cli",
+            "train",
+            "--data",
+            "coco500",
+            "--exp",
+            "1",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "128",
+            "--lr-vocab",
+            "5e-5",
+            "--lr-proj",
+            "1e-3",
+            "--quiet",
+            "--out",
+            str(tmp_path / "h"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     ).stdout
     report = json.loads(out.strip().splitlines()[-1])
-    for key in ("dense_r1", "sparse_r1", "sparse_r5", "sparse_mrr10", "flops", "exact20", "semantic20",
-                "q_nnz", "d_nnz", "epochs", "seconds"):
+    for key in (
+        "dense_r1",
+        "sparse_r1",
+        "sparse_r5",
+        "sparse_mrr10",
+        "flops",
+        "exact20",
+        "semantic20",
+        "q_nnz",
+        "d_nnz",
+        "epochs",
+        "seconds",
+    ):
         assert key in report, key
     assert report["dense_r1"] == pytest.approx(0.506, abs=1e-3)
     assert report["sparse_r1"] > 0.05  # 25x chance (1/500) after 3 epochs
@@ -174,8 +213,19 @@ def test_cli_train_reports_the_paper_numbers(tmp_path):
 
 def test_cli_bad_data_exits_with_message(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pyterrier_d2s.cli", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pyterrier_d2s.cli",
+            "train",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "no data at" in proc.stderr

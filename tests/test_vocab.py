@@ -46,4 +46,6 @@ def test_vocabulary_from_saved_dir(tmp_path, vocab):
     vocab.save(tmp_path)
     again = Vocabulary(tmp_path)
     assert again.tokens == vocab.tokens
-    assert [list(x) for x in again.token_ids(["two dogs"])] == [list(x) for x in vocab.token_ids(["two dogs"])]
+    assert [list(x) for x in again.token_ids(["two dogs"])] == [
+        list(x) for x in vocab.token_ids(["two dogs"])
+    ]

@@ -66,7 +66,9 @@ def read_authors_dir(directory: str | os.PathLike, name: str | None = None) -> P
         for sent in image.get("sentences", []):
             sid = str(sent["sentid"])
             if sid not in txt_row:
-                raise DataError(f"{d / META_FILE}: caption {sid!r} of image {iid!r} has no vector in {TEXT_FILE}")
+                raise DataError(
+                    f"{d / META_FILE}: caption {sid!r} of image {iid!r} has no vector in {TEXT_FILE}"
+                )
             caption_ids.append(sid)
             texts.append(sent.get("raw", ""))
             links.append(new_row)

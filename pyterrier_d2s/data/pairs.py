@@ -65,7 +65,9 @@ class PairedVectors:
         """Check shapes, finiteness, ids and texts; raise :class:`DataError` naming the first bad item."""
         iv, cv = self.image_vectors, self.caption_vectors
         if iv.ndim != 2 or cv.ndim != 2:
-            raise DataError(f"{self.name}: vectors must be 2-d, got images {iv.shape} and captions {cv.shape}")
+            raise DataError(
+                f"{self.name}: vectors must be 2-d, got images {iv.shape} and captions {cv.shape}"
+            )
         if iv.shape[1] != cv.shape[1]:
             raise DataError(
                 f"{self.name}: dimension mismatch: image vectors are {iv.shape[1]}-d, "

@@ -62,7 +62,9 @@ def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> P
     iv = np.load(files["image_vectors.npy"], allow_pickle=False)
     cv = np.load(files["caption_vectors.npy"], allow_pickle=False)
     if len(image_ids) != len(iv):
-        raise DataError(f"{d}: images.jsonl has {len(image_ids)} lines but image_vectors.npy has {len(iv)} rows")
+        raise DataError(
+            f"{d}: images.jsonl has {len(image_ids)} lines but image_vectors.npy has {len(iv)} rows"
+        )
     if len(caption_ids) != len(cv):
         raise DataError(
             f"{d}: captions.jsonl has {len(caption_ids)} lines but caption_vectors.npy has {len(cv)} rows"

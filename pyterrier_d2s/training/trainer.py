@@ -173,14 +173,21 @@ class D2STrainer:
         df = self.vocab.document_frequency(ids_to_csr(own_train, len(self.vocab)))
         control = ExpansionControl(cfg.exp, cfg.epochs, df)
         token_rows = _TokenRows(own_train, len(self.vocab), dev)
-        val_own = _TokenRows(self.vocab.token_ids(val.caption_texts), len(self.vocab), dev) if cfg.exp == "0" else None
+        val_own = (
+            _TokenRows(self.vocab.token_ids(val.caption_texts), len(self.vocab), dev)
+            if cfg.exp == "0"
+            else None
+        )
 
         head = self.new_head(train.dim, dense_encoder).to(dev)
         loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
         optimizer = torch.optim.AdamW(
             [
                 {"params": list(head.proj.parameters()), "lr": cfg.lr_proj},
-                {"params": list(head.norm.parameters()) + list(head.vocab_proj.parameters()), "lr": cfg.lr_vocab},
+                {
+                    "params": list(head.norm.parameters()) + list(head.vocab_proj.parameters()),
+                    "lr": cfg.lr_vocab,
+                },
             ],
             betas=(0.9, 0.999),
             eps=1e-8,
@@ -357,4 +364,3 @@ class D2STrainer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint or the new one, never half
-
