@@ -21,7 +21,6 @@ __all__ = [
     "sparse_top_k",
     "dense_top_k",
     "run_frame",
-    "qrels_frame",
     "retrieval_metrics",
     "mean_nnz",
     "dense_metrics",
@@ -169,14 +168,6 @@ def run_frame(
     )
 
 
-def qrels_frame(
-    caption_ids: Sequence[str], caption_image: np.ndarray, image_ids: Sequence[str]
-) -> pd.DataFrame:
-    """Qrels (qid, docno, label): each caption's relevant document is its own image."""
-    img = np.asarray(image_ids, dtype=object)
-    return pd.DataFrame({"qid": list(caption_ids), "docno": img[np.asarray(caption_image)], "label": 1})
-
-
 def retrieval_metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures=DEFAULT_MEASURES) -> dict:
     """Aggregate ir_measures values of a run, keyed by the measure objects' names (e.g. ``'R@1'``)."""
     run_m = run.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
@@ -191,7 +182,7 @@ def dense_metrics(data, measures=DEFAULT_MEASURES, k: int = 10) -> dict:
     """Caption→image metrics of the frozen dense model itself (exact dot products) on ``data``."""
     idx, val = dense_top_k(data.caption_vectors, data.image_vectors, k=k)
     run = run_frame(data.caption_ids, data.image_ids, idx, val)
-    return retrieval_metrics(run, qrels_frame(data.caption_ids, data.caption_image, data.image_ids), measures)
+    return retrieval_metrics(run, data.qrels(), measures)
 
 
 def evaluate_head(
@@ -218,7 +209,7 @@ def evaluate_head(
     d = head.encode(data.image_vectors)
     idx, val = sparse_top_k(q, d, k=k)
     run = run_frame(data.caption_ids, data.image_ids, idx, val)
-    qrels = qrels_frame(data.caption_ids, data.caption_image, data.image_ids)
+    qrels = data.qrels()
     if semantic_embeddings is None:
         # static term embeddings: the offline bert-base-uncased-vocabulary word embeddings
         semantic_embeddings = load_word_embeddings().numpy()

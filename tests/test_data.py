@@ -143,3 +143,14 @@ def test_authors_format_missing_vector(tmp_path):
     (tmp_path / "a" / "dataset_meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="caption '999' of image '11' has no vector"):
         load_pairs(tmp_path / "a")
+
+
+def test_topics_qrels_corpus(tmp_path):
+    d = read_vectors_dir(small(tmp_path / "ok"))
+    topics = d.topics()
+    assert topics["qid"].tolist() == ["c1", "c2", "c3"] and topics["query"].tolist()[0] == "a dog"
+    np.testing.assert_allclose(np.stack(topics["query_vec"]), d.caption_vectors)
+    assert d.qrels()[["qid", "docno", "label"]].values.tolist() == [["c1", "i1", 1], ["c2", "i1", 1], ["c3", "i2", 1]]
+    docs = list(d.corpus_iter())
+    assert [x["docno"] for x in docs] == ["i1", "i2"]
+    np.testing.assert_allclose(docs[1]["doc_vec"], d.image_vectors[1])

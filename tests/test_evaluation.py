@@ -8,7 +8,6 @@ from pyterrier_d2s.evaluation import (
     exact_at_k,
     flops,
     mean_nnz,
-    qrels_frame,
     retrieval_metrics,
     run_frame,
     semantic_at_k,
@@ -77,7 +76,7 @@ def test_dense_top_k_orders_by_dot_product():
 
 
 def test_retrieval_metrics_hand_computed():
-    qrels = qrels_frame(["q1", "q2", "q3"], np.array([0, 1, 1]), ["d0", "d1"])
+    qrels = pd.DataFrame({"qid": ["q1", "q2", "q3"], "docno": ["d0", "d1", "d1"], "label": 1})
     idx = np.array([[0, 1], [0, 1], [-1, -1]])  # q3 retrieves nothing
     val = np.array([[2.0, 1.0], [2.0, 1.0], [0.0, 0.0]])
     run = run_frame(["q1", "q2", "q3"], ["d0", "d1"], idx, val)

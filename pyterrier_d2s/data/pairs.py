@@ -135,6 +135,27 @@ class PairedVectors:
         val = self.subset("val") if "val" in self.splits else train
         return train, val
 
+    def topics(self, with_vectors: bool = True):
+        """One query per caption: a frame of ``qid``, ``query`` (+ ``query_vec``)."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"qid": self.caption_ids, "query": self.caption_texts})
+        if with_vectors:
+            frame["query_vec"] = list(self.caption_vectors)
+        return frame
+
+    def qrels(self):
+        """Each caption's relevant document is its image: a frame of ``qid``, ``docno``, ``label``."""
+        import pandas as pd
+
+        img = np.asarray(self.image_ids, dtype=object)
+        return pd.DataFrame({"qid": self.caption_ids, "docno": img[self.caption_image], "label": 1})
+
+    def corpus_iter(self):
+        """The images as documents: dicts of ``docno`` and ``doc_vec``."""
+        for docno, vec in zip(self.image_ids, self.image_vectors, strict=True):
+            yield {"docno": docno, "doc_vec": vec}
+
     def evaluation_split(self) -> PairedVectors:
         """What final numbers are reported on: the test split if there is one, else everything."""
         return self.subset("test") if "test" in self.splits else self

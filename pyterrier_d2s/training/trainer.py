@@ -27,7 +27,7 @@ from ..data.pairs import PairedVectors
 from ..head import D2SHead, D2SHeadConfig, load_word_embeddings
 from ..vocab import Vocabulary, ids_to_csr
 from .expansion import EXPANSION_MODES, ExpansionControl
-from .loss import D2SLoss, l1_warmup_factor
+from .loss import D2SLoss, l1_warmup_factor, sparse_scores
 
 __all__ = ["D2STrainer", "TrainConfig", "TrainResult"]
 
@@ -322,7 +322,7 @@ class D2STrainer:
         for i in range(0, len(z_cap), bs):
             rows = torch.arange(i, min(i + bs, len(z_cap)), device=z_cap.device)
             s_cap = head(z_cap[rows], mask=None if val_own is None else val_own.mask(rows))
-            scores = s_cap @ s_img.T
+            scores = sparse_scores(s_cap, s_img)
             best_score, best_doc = scores.max(dim=1)
             hits += int(((best_doc == gold[i : i + bs]) & (best_score > 0)).sum())
             nz = torch.count_nonzero(s_cap, dim=0).double()

@@ -1,0 +1,148 @@
+"""Training throughput of D2STrainer on MSCOCO-shaped synthetic vectors.
+
+MSCOCO Karpathy train+restval: 113,287 images, 566,435 captions; BLIP's ITC vectors are 256-d; batch 512.
+On CPU a full epoch takes too long to wait for, so ``--steps`` optimiser steps are timed (after
+``--warmup-steps`` untimed ones) and the epoch and 200-epoch times are projected from them. Where a GPU is
+present, ``--full`` runs the whole job (``--epochs``, default 200) and reports its wall time and peak memory.
+
+    python benchmarks/train_speed.py --steps 20            # CPU: samples/s, projected epoch time
+    python benchmarks/train_speed.py --full --epochs 200   # GPU: the paper's whole job
+
+Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+from pyterrier_d2s.data import PairedVectors
+from pyterrier_d2s.training import D2STrainer, TrainConfig
+
+WORDS = (
+    "a man woman person people dog cat car bus train street table pizza plate bed room kitchen tree field grass "
+    "beach water sky snow ball game player baseball tennis bike motorcycle horse sheep cow bird plane boat sign "
+    "red white black blue green small large two three sitting standing walking riding holding eating looking "
+    "on in of with at next to near the an and is are some front top while"
+).split()
+
+
+def synthetic_coco(n_images: int, captions_per_image: int, dim: int, seed: int = 0, val_images: int = 0):
+    rng = np.random.default_rng(seed)
+    iv = rng.standard_normal((n_images, dim), dtype=np.float32)
+    iv /= np.linalg.norm(iv, axis=1, keepdims=True)
+    links = np.repeat(np.arange(n_images), captions_per_image)
+    cv = iv[links] + 0.5 * rng.standard_normal((len(links), dim), dtype=np.float32)
+    cv /= np.linalg.norm(cv, axis=1, keepdims=True)
+    # Zipf-like word use, 8-14 words a caption, like COCO captions
+    p = 1.0 / np.arange(1, len(WORDS) + 1)
+    p /= p.sum()
+    lengths = rng.integers(8, 15, len(links))
+    words = rng.choice(len(WORDS), size=int(lengths.sum()), p=p)
+    cuts = np.cumsum(lengths)[:-1]
+    texts = [" ".join(WORDS[w] for w in chunk) for chunk in np.split(words, cuts)]
+    split = np.array(["train"] * (n_images - val_images) + ["val"] * val_images)
+    return PairedVectors(
+        image_ids=[str(i) for i in range(n_images)],
+        image_vectors=iv,
+        caption_ids=[str(i) for i in range(len(links))],
+        caption_texts=texts,
+        caption_image=links,
+        caption_vectors=cv,
+        image_split=split,
+        name=f"synthetic-coco-{n_images}x{captions_per_image}-d{dim}",
+    )
+
+
+class _Stop(Exception):
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=113_287)
+    ap.add_argument("--captions-per-image", type=int, default=5)
+    ap.add_argument("--val-images", type=int, default=5000)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (CPU mode)")
+    ap.add_argument("--warmup-steps", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="run the whole job (meant for a GPU)")
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--exp", default="c+w")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    data = synthetic_coco(args.images, args.captions_per_image, args.dim, val_images=args.val_images)
+    n_train = (args.images - args.val_images) * args.captions_per_image
+    steps_per_epoch = math.ceil(n_train / args.batch_size)
+    make_s = time.perf_counter() - t0
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = TrainConfig(exp=args.exp, epochs=args.epochs, batch_size=args.batch_size)
+    result: dict = {
+        "benchmark": "train_speed",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "images": args.images,
+        "captions": args.images * args.captions_per_image,
+        "train_captions": n_train,
+        "dim": args.dim,
+        "batch_size": args.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "exp": args.exp,
+        "data_seconds": round(make_s, 1),
+    }
+
+    if args.full:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t = time.perf_counter()
+        fit = D2STrainer(config, device=device).fit(data)
+        result.update(
+            mode="full",
+            epochs=args.epochs,
+            seconds=round(time.perf_counter() - t, 1),
+            best_val_r1=fit.best_r1,
+            peak_gpu_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        )
+    else:
+        stamps: list[float] = []
+
+        def clock(event: str, info: dict) -> None:
+            if event == "step":
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                stamps.append(time.perf_counter())
+                if len(stamps) > args.warmup_steps + args.steps:
+                    raise _Stop
+
+        t = time.perf_counter()
+        try:
+            D2STrainer(config, device=device, callbacks=[clock], progress=False).fit(data)
+        except _Stop:
+            pass
+        timed = np.diff(stamps[args.warmup_steps :])
+        step_s = float(np.median(timed))
+        sps = args.batch_size / step_s
+        result.update(
+            mode="steps",
+            timed_steps=len(timed),
+            setup_seconds=round(stamps[0] - t, 1),
+            step_seconds_median=round(step_s, 4),
+            step_seconds_mean=round(float(np.mean(timed)), 4),
+            samples_per_second=round(sps, 1),
+            projected_epoch_seconds=round(n_train / sps, 1),
+            projected_200_epochs_hours=round(200 * n_train / sps / 3600, 2),
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
