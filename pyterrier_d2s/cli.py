@@ -87,6 +87,147 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return report
 
 
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="encode the images of a data set with a head and build a D2SIndex")
+    p.add_argument("--model", required=True, help="head directory (from d2s train)")
+    p.add_argument("--data", required=True, help="packaged name, vectors directory or authors' dir")
+    p.add_argument("--out", required=True, help="index directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    p.add_argument("--all-splits", action="store_true", help="index every image, not only the test split")
+
+
+def cmd_index(args: argparse.Namespace) -> dict:
+    from .data import load_pairs
+    from .index import D2SIndex
+    from .model import D2S
+
+    started = time.perf_counter()
+    model = D2S.from_pretrained(args.model)
+    data = load_pairs(args.data)
+    images = data if args.all_splits else data.evaluation_split()
+    index = D2SIndex(args.out)
+    model.image_indexer(index, overwrite=args.overwrite).index(images.corpus_iter())
+    meta = index.meta
+    return {
+        "index": str(args.out),
+        "documents": len(index),
+        "doc_scale": meta.get("doc_scale"),
+        "query_scale": meta.get("query_scale"),
+        "doc_mass_loss": meta.get("doc_mass_loss"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="compare dense, sparse, no-expansion and rescored retrieval")
+    p.add_argument("--model", required=True, help="head directory (from d2s train)")
+    p.add_argument("--index", required=True, help="index directory (from d2s index)")
+    p.add_argument("--data", required=True, help="the data set the index was built from")
+    p.add_argument("--candidates", type=int, default=100, help="candidates re-scored by the expansion rescorer")
+    p.add_argument("--num-results", type=int, default=100, help="results per query of the other systems")
+
+
+SYSTEM_NAMES = ("dense", "d2s-expanded", "d2s-noexp", "d2s-noexp>>rescore")
+
+
+def evaluation_systems(model, index, dense_index, candidates: int, num_results: int) -> list:
+    """The four systems of ``d2s evaluate``, named as in :data:`SYSTEM_NAMES`."""
+    from .experiment import System
+
+    expanded = model.query_encoder(expansion=True)
+    noexp = model.query_encoder(expansion=False)
+    retriever = index.retriever(num_results=num_results)
+    return [
+        System("dense", dense_index.np_retriever(num_results=num_results)),
+        System("d2s-expanded", expanded >> retriever, expanded),
+        System("d2s-noexp", noexp >> retriever, noexp),
+        System(
+            "d2s-noexp>>rescore",
+            noexp >> index.retriever(num_results=candidates) >> model.rescorer(index),
+            noexp,
+        ),
+    ]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
+    import tempfile
+
+    import pandas as pd
+
+    from .data import load_pairs
+    from .experiment import compare, dense_flex_index
+    from .index import D2SIndex
+    from .model import D2S
+
+    model = D2S.from_pretrained(args.model)
+    data = load_pairs(args.data).evaluation_split()
+    index = D2SIndex(args.index)
+    if not index.built():
+        raise FileNotFoundError(f"{args.index} is not a built D2S index (run d2s index first)")
+    if len(index) != len(data.image_ids):
+        raise ValueError(f"{args.index} holds {len(index)} images but {data.name} has {len(data.image_ids)}")
+    topics, qrels = data.topics(), data.qrels()
+    with tempfile.TemporaryDirectory(prefix="d2s-dense-") as tmp:
+        dense = dense_flex_index(f"{tmp}/dense.flex", data.corpus_iter())
+        systems = evaluation_systems(model, index, dense, args.candidates, args.num_results)
+        table = compare(systems, topics, qrels, index=index, reference="dense")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
+        print(table.drop(columns=[c for c in table.columns if c.startswith("rho-")]).to_string(index=False))
+    return [
+        {
+            "name": r["name"],
+            "R@1": r["R@1"],
+            "R@5": r["R@5"],
+            "RR@10": r["RR@10"],
+            "flops": None if pd.isna(r.get("flops")) else r["flops"],
+            "ms_per_query": r["ms_per_query"],
+            "overlap@10": r.get("overlap@10"),
+            **{k: r[k] for k in table.columns if k.startswith("rho-")},
+        }
+        for r in table.to_dict(orient="records")
+    ]
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="search an index with a caption of the data set or a text query")
+    p.add_argument("--model", required=True)
+    p.add_argument("--index", required=True)
+    p.add_argument("query", nargs="?", help="text query (needs a dense text encoder)")
+    p.add_argument("--data", help="with --qid: take the query and its vector from this data set")
+    p.add_argument("--qid", help="caption id in --data to use as the query")
+    p.add_argument("-k", "--num-results", type=int, default=10)
+    p.add_argument("--no-expansion", action="store_true", help="search with the caption's own terms only")
+
+
+def cmd_search(args: argparse.Namespace) -> list[dict]:
+    import pandas as pd
+
+    from .data import load_pairs
+    from .index import D2SIndex
+    from .model import D2S
+
+    model = D2S.from_pretrained(args.model)
+    if args.qid is not None:
+        if args.data is None:
+            raise ValueError("--qid needs --data")
+        topics = load_pairs(args.data).topics()
+        topics = topics[topics["qid"] == args.qid]
+        if len(topics) == 0:
+            raise KeyError(f"no caption with id {args.qid!r} in {args.data}")
+    elif args.query:
+        topics = pd.DataFrame({"qid": ["q"], "query": [args.query]})
+    else:
+        raise ValueError("give a text query or --data and --qid")
+    pipeline = model.query_encoder(expansion=not args.no_expansion) >> D2SIndex(args.index).retriever(
+        num_results=args.num_results
+    )
+    results = pipeline(topics)
+    print(f"query: {topics['query'].iloc[0]}")
+    for r in results.itertuples():
+        print(f"{r.rank + 1:3d}  {r.docno:>12}  {r.score:.4f}")
+    return [{"docno": r.docno, "score": float(r.score), "rank": int(r.rank)} for r in results.itertuples()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d2s", description="Dense2Sparse multimodal learned sparse retrieval"
@@ -94,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_index(sub)
+    _add_evaluate(sub)
+    _add_search(sub)
     return parser
 
 
@@ -104,9 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
-        if args.command == "train":
-            report = cmd_train(args)
-            print(json.dumps(report))
+        commands = {"train": cmd_train, "index": cmd_index, "evaluate": cmd_evaluate, "search": cmd_search}
+        report = commands[args.command](args)
+        print(json.dumps(report))
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"d2s {args.command}: error: {e}", file=sys.stderr)
         return 2

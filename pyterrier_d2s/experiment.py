@@ -1,0 +1,143 @@
+"""Side-by-side comparison of dense and D2S systems, as in the paper's tables.
+
+``compare()`` runs each system once over the topics (timing it), evaluates the runs with ``pt.Experiment``
+(R@1, R@5, RR@10 by default) and adds the measures the paper reports next to them: FLOPs of the queries that
+hit the inverted index (Eq. 1), mean query non-zeros, ms/query, top-10 overlap with a reference run
+(Fig. 2b) and the per-query Pearson ρ of each measure with the reference (Table 5).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+from ir_measures import RR, R
+
+__all__ = [
+    "System",
+    "compare",
+    "dense_flex_index",
+    "overlap_at_k",
+    "per_query_pearson",
+    "query_flops",
+    "timed_run",
+]
+
+DEFAULT_MEASURES = (R @ 1, R @ 5, RR @ 10)
+
+
+@dataclass
+class System:
+    """A named pipeline; ``query_encoder`` (optional) produces the ``query_toks`` that reach the index,
+    from which FLOPs and query non-zeros are computed."""
+
+    name: str
+    pipeline: pt.Transformer
+    query_encoder: pt.Transformer | None = None
+
+
+def dense_flex_index(path: str | os.PathLike, corpus: Any, overwrite: bool = True):
+    """A pyterrier-dr FlexIndex over ``docno`` + ``doc_vec`` dicts (the dense baseline's index)."""
+    from pyterrier_dr import FlexIndex
+
+    index = FlexIndex(str(path), verbose=False)
+    index.indexer(mode="overwrite" if overwrite else "create").index(corpus)
+    return index
+
+
+def timed_run(pipeline: pt.Transformer, topics: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """(results, mean ms per query) of one batch call of ``pipeline`` on ``topics``."""
+    started = time.perf_counter()
+    results = pipeline(topics)
+    elapsed = time.perf_counter() - started
+    return results, 1000.0 * elapsed / max(1, len(topics))
+
+
+def query_flops(query_toks: Sequence[Mapping[str, float]], index) -> float:
+    """Eq. 1 for these queries against the documents of a D2SIndex: Σ_k n_q(k)·n_d(k) / (|Q|·|D|)."""
+    fwd = index.forward()
+    doc_counts = np.diff(fwd.transposed.indptr).astype(np.float64)  # documents per term
+    term_col = fwd.term_index
+    total = 0.0
+    for toks in query_toks:
+        total += sum(doc_counts[term_col[t]] for t, w in toks.items() if w > 0 and t in term_col)
+    n_docs = fwd.matrix.shape[0]
+    return total / max(1, len(query_toks) * n_docs)
+
+
+def overlap_at_k(run: pd.DataFrame, reference: pd.DataFrame, k: int = 10) -> pd.Series:
+    """Per query: the fraction of the reference's top-k documents that are also in the run's top-k (Fig. 2b)."""
+
+    def top(frame: pd.DataFrame) -> dict[str, set[str]]:
+        frame = frame.sort_values(["qid", "score"], ascending=[True, False])
+        return {q: set(g["docno"].head(k)) for q, g in frame.groupby("qid", sort=False)}
+
+    a, b = top(run), top(reference)
+    return pd.Series({q: len(a.get(q, set()) & docs) / k for q, docs in b.items()}, name=f"overlap@{k}")
+
+
+def per_query_pearson(
+    run: pd.DataFrame, reference: pd.DataFrame, qrels: pd.DataFrame, measures=DEFAULT_MEASURES
+) -> dict[str, float]:
+    """Pearson ρ over queries between a run's and the reference's per-query values of each measure (Table 5)."""
+    qrels_m = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
+
+    def per_query(frame: pd.DataFrame) -> pd.DataFrame:
+        run_m = frame.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
+        rows = [(m.query_id, str(m.measure), m.value) for m in ir_measures.iter_calc(list(measures), qrels_m, run_m)]
+        return pd.DataFrame(rows, columns=["qid", "measure", "value"]).pivot(index="qid", columns="measure", values="value")
+
+    a, b = per_query(run), per_query(reference)
+    a, b = a.align(b, join="outer", fill_value=0.0)
+    out = {}
+    for m in measures:
+        x, y = a[str(m)].to_numpy(), b[str(m)].to_numpy()
+        out[str(m)] = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    return out
+
+
+def compare(
+    systems: Sequence[System],
+    topics: pd.DataFrame,
+    qrels: pd.DataFrame,
+    index=None,
+    reference: str | None = None,
+    measures=DEFAULT_MEASURES,
+    overlap_k: int = 10,
+) -> pd.DataFrame:
+    """Run, time and evaluate every system; one row per system.
+
+    Columns: ``name``, the measures (ir_measures names, through ``pt.Experiment``), ``flops``, ``q_nnz``,
+    ``ms_per_query``, ``overlap@10`` and ``rho-<measure>`` against ``reference`` (a system name).
+    """
+    runs, rows = {}, []
+    for system in systems:
+        results, ms = timed_run(system.pipeline, topics)
+        runs[system.name] = results
+        row: dict[str, Any] = {"name": system.name, "ms_per_query": ms}
+        if system.query_encoder is not None and index is not None:
+            toks = list(system.query_encoder(topics)["query_toks"])
+            row["flops"] = query_flops(toks, index)
+            row["q_nnz"] = float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0
+        rows.append(row)
+    table = pt.Experiment(
+        list(runs.values()), topics, qrels, eval_metrics=list(measures), names=list(runs), verbose=False
+    )
+    extra = pd.DataFrame(rows)
+    out = extra.merge(table, on="name", how="left")
+    if reference is not None and reference in runs:
+        ref = runs[reference]
+        out[f"overlap@{overlap_k}"] = [overlap_at_k(runs[n], ref, overlap_k).mean() for n in out["name"]]
+        for n_i, name in enumerate(out["name"]):
+            for m, rho in per_query_pearson(runs[name], ref, qrels, measures).items():
+                out.loc[n_i, f"rho-{m}"] = rho
+    cols = ["name", *[str(m) for m in measures], "flops", "q_nnz", "ms_per_query"]
+    cols += [c for c in out.columns if c not in cols]
+    return out[[c for c in cols if c in out.columns]]
