@@ -142,7 +142,8 @@ def write_pisa_collection(path: Path, matrix: sp.csr_matrix, terms: np.ndarray, 
     impacts = quantise(matrix.data, scale)
     if impacts.size and impacts.max() > _MAX_IMPACT:
         raise ValueError(f"scale {scale} overflows PISA's uint32 impacts (max weight {matrix.data.max()})")
-    q = sp.csr_matrix((impacts, matrix.indices, matrix.indptr), shape=matrix.shape)
+    # copies: eliminate_zeros() works in place and must not touch the caller's float matrix
+    q = sp.csr_matrix((impacts, matrix.indices.copy(), matrix.indptr.copy()), shape=matrix.shape)
     q.eliminate_zeros()
     doc_lens = np.asarray(q.sum(axis=1)).ravel().astype(np.uint32)
     postings = q.tocsc()
