@@ -144,18 +144,18 @@ def test_pisa_files_identical_to_pyterrier_pisa_toks_indexer(index, coll, tmp_pa
 # ---- retrieval ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", ["maxscore", "block_max_wand"])
-def test_pisa_scores_within_bound_of_exact(index, coll, algorithm):
-    k = 10
-    res = index.retriever(num_results=k, algorithm=algorithm)(coll.frame())
+def _check_against_brute_force(index: D2SIndex, coll: Collection, k: int, **kw) -> int:
+    """Assert PISA scores and top-k sets agree with brute force within the derived bound; return #swaps."""
+    res = index.retriever(num_results=k, **kw)(coll.frame())
     assert set(res.columns) >= {"qid", "query_toks", "extra", "docno", "score", "rank"}
     groups = _by_qid(res)
-    s, t = index.doc_scale, index.query_scale
+    s = index.doc_scale
+    t = kw.get("toks_scale") or index.query_scale
     rows = {d: i for i, d in enumerate(coll.docnos)}
-    checked = 0
+    checked = swaps = 0
     for qi, qid in enumerate(coll.qids):
         exact = coll.exact(qi)
-        bound = index.error_bound(coll.query_toks[qi])
+        bound = index.error_bound(coll.query_toks[qi], toks_scale=t)
         got = groups[qid]
         assert list(got["rank"]) == list(range(len(got)))
         assert (np.diff(got["score"].to_numpy()) <= 0).all()
@@ -172,7 +172,22 @@ def test_pisa_scores_within_bound_of_exact(index, coll, algorithm):
         diff = set(coll.docnos[exact_top]) ^ set(got["docno"])
         for docno in diff:
             assert abs(exact[rows[docno]] - kth) <= 2 * bound
-    assert checked >= k * N_QUERIES * 0.9
+        swaps += len(diff)
+    assert checked >= k * N_QUERIES * 0.8
+    return swaps
+
+
+@pytest.mark.parametrize("algorithm", ["maxscore", "block_max_wand"])
+def test_pisa_scores_within_bound_of_exact(index, coll, algorithm):
+    _check_against_brute_force(index, coll, 10, algorithm=algorithm)
+
+
+def test_bound_holds_with_coarse_quantisation(coll, tmp_path):
+    # deliberately coarse scales, so that PISA's top-k really differs from the exact one: the bound must hold
+    idx = D2SIndex(tmp_path / "coarse", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS, scale=5)
+    assert idx.meta["doc_mass_lost"] > 0.005
+    swaps = _check_against_brute_force(idx, coll, 10, toks_scale=5)
+    assert swaps > 0
 
 
 def test_pisa_returns_only_matching_docs_and_misses_only_tiny_ones(index, coll):
