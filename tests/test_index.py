@@ -430,3 +430,9 @@ def test_overwrite_rules(tmp_path):
     with pytest.raises(FileExistsError, match="not a D2S index"):
         D2SIndex(other, verbose=False).index_matrix(["a"], m[:1], ["x", "y"], overwrite=True)
     assert (other / "precious.txt").read_text() == "keep"
+
+
+def test_threads_give_same_results(index, coll):
+    one = index.retriever(num_results=20, threads=1)(coll.frame())
+    two = index.retriever(num_results=20, threads=2)(coll.frame())
+    pd.testing.assert_frame_equal(one[["qid", "docno", "score", "rank"]], two[["qid", "docno", "score", "rank"]])
