@@ -436,3 +436,12 @@ def test_threads_give_same_results(index, coll):
     one = index.retriever(num_results=20, threads=1)(coll.frame())
     two = index.retriever(num_results=20, threads=2)(coll.frame())
     pd.testing.assert_frame_equal(one[["qid", "docno", "score", "rank"]], two[["qid", "docno", "score", "rank"]])
+
+
+def test_degenerate_collections_rejected(tmp_path):
+    with pytest.raises(ValueError, match="no documents"):
+        D2SIndex(tmp_path / "none", verbose=False).index_matrix([], sp.csr_matrix((0, 2), dtype=np.float32), ["x", "y"])
+    # PISA would abort the interpreter on an index without postings: refuse it instead
+    with pytest.raises(ValueError, match="nothing to put in PISA"):
+        D2SIndex(tmp_path / "zero", verbose=False).index_matrix(["a", "b"], sp.csr_matrix((2, 2), dtype=np.float32), ["x", "y"])
+    assert not (tmp_path / "zero").exists() and _leftovers(tmp_path, "zero") == []

@@ -145,6 +145,9 @@ def write_pisa_collection(path: Path, matrix: sp.csr_matrix, terms: np.ndarray, 
     # copies: eliminate_zeros() works in place and must not touch the caller's float matrix
     q = sp.csr_matrix((impacts, matrix.indices.copy(), matrix.indptr.copy()), shape=matrix.shape)
     q.eliminate_zeros()
+    if q.nnz == 0:
+        # PISA aborts the whole process (C++ terminate) on an index without postings
+        raise ValueError(f"no document weight reaches 1/scale = {1 / scale:g}: nothing to put in PISA")
     doc_lens = np.asarray(q.sum(axis=1)).ravel().astype(np.uint32)
     postings = q.tocsc()
     postings.sort_indices()
