@@ -228,14 +228,19 @@ def test_exact_engine_equals_brute_force(index, coll):
 
 
 @pytest.mark.parametrize("engine", ["pisa", "exact"])
-def test_empty_and_unknown_queries(index, engine):
+def test_empty_and_unknown_queries(index, engine, caplog, monkeypatch):
+    import pyterrier_d2s.index._store as store
+
+    monkeypatch.setattr(store, "_warned_case", False)
     retr = index.retriever(num_results=10, engine=engine)
     empty = retr(pd.DataFrame({"qid": pd.Series([], dtype=object), "query_toks": pd.Series([], dtype=object)}))
     assert len(empty) == 0
     assert {"qid", "docno", "score", "rank"} <= set(empty.columns)
     # unknown terms, an upper-case variant of a known term (PISA would lower-case it) and an empty dict
     frame = pd.DataFrame({"qid": ["u", "U", "e", "ok"], "query_toks": [{"zzz": 1.0}, {"W1": 2.0}, {}, {"w1": 1.0}]})
-    res = retr(frame)
+    with caplog.at_level("WARNING"):
+        res = retr(frame)
+    assert "'W1' is not lower-case" in caplog.text
     assert set(res["qid"]) == {"ok"}
     assert len(res) > 0
     only_unknown = retr(frame.iloc[:3])

@@ -24,6 +24,17 @@ PISA_DIR = "pisa"
 _MAX_IMPACT = 2**32 - 1
 
 
+_warned_case = False
+
+
+def warn_unindexable_query_term(term: str) -> None:
+    """Warn (once per process) about an unknown query term that is not lower-case: likely a casing bug upstream."""
+    global _warned_case
+    if not _warned_case and isinstance(term, str) and term != term.lower():
+        _warned_case = True
+        logger.warning("query term %r is not lower-case; indexed terms are all lower-case, so it is ignored", term)
+
+
 @dataclass
 class ForwardStore:
     """The exact float32 sparse vectors of an index.
@@ -85,6 +96,8 @@ class ForwardStore:
                 if col is not None and w > 0:
                     cols.append(col)
                     vals.append(float(w))
+                elif col is None:
+                    warn_unindexable_query_term(term)
             indptr.append(len(cols))
         m = sp.csr_matrix(
             (np.asarray(vals, dtype=np.float32), np.asarray(cols, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),

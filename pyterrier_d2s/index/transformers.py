@@ -12,6 +12,8 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 from tqdm.auto import tqdm
 
+from ._store import warn_unindexable_query_term
+
 if TYPE_CHECKING:
     from .core import D2SIndex
 
@@ -125,6 +127,8 @@ class D2SPisaRetriever(pt.Transformer):
                     if n > 0:
                         q[term] = float(n)
                         kept_mass += n / t
+                elif term not in known:
+                    warn_unindexable_query_term(term)
             quantised.append(q)
         lost = (total_mass - kept_mass) / total_mass if total_mass > 0 else 0.0
         logger.debug("query scale %g loses %.4f%% of the batch's query weight mass", t, 100 * lost)
