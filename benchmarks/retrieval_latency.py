@@ -166,7 +166,9 @@ def run(
     kmax = max(ks)
     truth_res = index.retriever(num_results=kmax, engine="exact")(frames_exp)
     truth = {q: g["docno"].tolist() for q, g in truth_res.groupby("qid", sort=False)}
-    swap = pt.apply.generic(lambda df: df.assign(query_toks=df["qid"].map(exp_by_qid)))
+    # swap in the expanded query (what ExpansionRescorer does); a list comprehension, as Series.map(dict) rebuilds
+    # a Series from the whole dict on every call
+    swap = pt.apply.generic(lambda df: df.assign(query_toks=[exp_by_qid[q] for q in df["qid"]]))
 
     out = []
     for k in ks:

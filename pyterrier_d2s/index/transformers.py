@@ -274,7 +274,7 @@ class D2SScorer(pt.Transformer):
             out = inp.reindex(columns=out_cols)
             return out.astype({"score": np.float64, "rank": np.int64})
         fwd = self.index.forward()
-        rows = fwd.rows(inp["docno"].astype(str).tolist())
+        rows = fwd.rows([d if isinstance(d, str) else str(d) for d in inp["docno"].tolist()])
         qcodes, uniq = pd.factorize(inp["qid"], sort=False)
         # rows grouped by query; each group is scored against a dense copy of its query vector
         by_query = np.argsort(qcodes, kind="stable")
@@ -295,5 +295,4 @@ class D2SScorer(pt.Transformer):
         cols = {c: inp[c].to_numpy()[order] for c in out_cols[:-2]}
         cols["score"] = scores[order]
         cols["rank"] = (np.arange(len(order)) - starts).astype(np.int64)
-        out = pd.DataFrame(cols)
-        return out[out_cols]
+        return pd.DataFrame(cols)  # built in out_cols order
