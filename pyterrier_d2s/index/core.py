@@ -27,9 +27,11 @@ logger = logging.getLogger(__name__)
 META_FILE = "pt_meta.json"
 _REQUIRED_FILES = (META_FILE, FORWARD_FILE, TERMS_FILE, DOCNOS_FILE, f"{PISA_DIR}/{META_FILE}")
 
-#: Default PISA query algorithm. Measured by ``benchmarks/retrieval_latency.py`` on expanded D2S-like
-#: queries (123k docs, 1 thread): ``maxscore`` is several times faster than pyterrier-pisa's default
-#: ``block_max_wand``, whose block-max skipping pays off poorly on queries with hundreds of terms.
+#: Default PISA query algorithm: the fastest measured on expanded D2S-like queries. ``benchmarks/retrieval_latency.py
+#: --algorithms-only`` (123k docs, one thread, ms/query end to end at k=10; FLOPs ~11 | ~80):
+#: maxscore 20.9 | 155, block_max_maxscore 30.0 | 292, ranked_or (exhaustive) 28.6 | 254, wand 72.5 | 706,
+#: block_max_wand (pyterrier-pisa's default) 88.5 | 752. Queries with hundreds of terms defeat WAND's pivoting
+#: and block-max skipping, while MaxScore cheaply sets aside the many low-impact terms.
 DEFAULT_ALGORITHM = "maxscore"
 
 
@@ -195,8 +197,9 @@ class D2SIndex(pta.Artifact, pt.Indexer):
 
         Args:
             num_results: results per query (k).
-            engine: ``"pisa"`` (quantised, fast) or ``"exact"`` (float dot products over the forward store,
-                exhaustive; the ground truth).
+            engine: ``"pisa"`` (quantised impacts, dynamic pruning) or ``"exact"`` (float dot products over the
+                forward store, exhaustive; the ground truth). On expanded queries over ~100k documents the exact
+                engine is not slower (see the benchmark); PISA pays off on short (unexpanded) queries.
             algorithm: PISA query algorithm (``maxscore`` default; ``block_max_wand``, ``wand``,
                 ``block_max_maxscore``, ``ranked_or``, ...). Ignored by the exact engine.
             threads: PISA query threads.
