@@ -1,0 +1,245 @@
+"""Retrieval latency of the D2S index on synthetic collections with the sparsity of a trained D2S head.
+
+Builds a 123k-document collection (``--small``: 12k) over ~30k terms whose term popularity is Zipf-like and
+whose per-vector non-zeros are tuned so that FLOPs (mean number of co-activated terms per query/document pair,
+``sum_k n_q(k) n_d(k) / (|Q| |D|)``) is about 11 and about 80. Each query also has an "unexpanded" version: a
+random 8-12 of its terms (standing for the caption's own tokens).
+
+Latency is end to end through the D2S transformers, one query per call, on one thread: pandas framing,
+query quantisation and PISA (or the exact scorer). Each setting is timed on the first queries until all are
+done or ``--budget-s`` is spent. Recall@k is against exhaustive exact float scoring of the expanded query.
+
+Usage::
+
+    python benchmarks/retrieval_latency.py [--small] [--queries N] [--budget-s S] [--workdir DIR]
+
+Prints a line per setting and, as the last line, a JSON list of result objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import scipy.sparse as sp
+
+from pyterrier_d2s.index import DEFAULT_ALGORITHM, D2SIndex
+
+logger = logging.getLogger("retrieval_latency")
+
+N_TERMS = 30_000
+ZIPF_EXPONENT = 1.0
+
+
+def inclusion_probs(nnz: float, zipf: np.ndarray) -> np.ndarray:
+    """Per-term activation probabilities p_k = min(1, c * pi_k) with sum p_k = nnz (Poisson sampling)."""
+    lo, hi = 0.0, 1e12
+    for _ in range(200):
+        c = (lo + hi) / 2
+        if np.minimum(1.0, c * zipf).sum() < nnz:
+            lo = c
+        else:
+            hi = c
+    return np.minimum(1.0, hi * zipf)
+
+
+def nnz_for_flops(flops: float, zipf: np.ndarray) -> float:
+    """Vector non-zeros (same for queries and documents) giving an expected FLOPs of ``flops``."""
+    lo, hi = 1.0, float(len(zipf))
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        p = inclusion_probs(mid, zipf)
+        if float(p @ p) < flops:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def sample_matrix(rng: np.random.Generator, rows: int, p: np.ndarray) -> sp.csr_matrix:
+    """rows x terms matrix: term k active in each row independently with probability p_k; log(1+relu)-like weights."""
+    counts = rng.binomial(rows, p)
+    cols = [rng.choice(rows, size=int(n), replace=False) if n < rows else np.arange(rows) for n in counts]
+    indptr = np.r_[0, np.cumsum(counts)]
+    indices = np.concatenate(cols).astype(np.int32)
+    data = np.log1p(rng.gamma(0.7, 2.0, size=len(indices))).clip(1e-4, 4.0).astype(np.float32)
+    return sp.csc_matrix((data, indices, indptr), shape=(rows, len(p))).tocsr()
+
+
+def achieved_flops(docs: sp.csr_matrix, queries: sp.csr_matrix) -> float:
+    n_d = np.bincount(docs.indices, minlength=docs.shape[1]).astype(np.float64)
+    n_q = np.bincount(queries.indices, minlength=queries.shape[1]).astype(np.float64)
+    return float(n_q @ n_d / (docs.shape[0] * queries.shape[0]))
+
+
+def to_dicts(m: sp.csr_matrix, terms: np.ndarray) -> list[dict[str, float]]:
+    out = []
+    for i in range(m.shape[0]):
+        lo, hi = m.indptr[i], m.indptr[i + 1]
+        out.append(dict(zip(terms[m.indices[lo:hi]].tolist(), m.data[lo:hi].tolist(), strict=True)))
+    return out
+
+
+def unexpanded(rng: np.random.Generator, queries: list[dict[str, float]]) -> list[dict[str, float]]:
+    out = []
+    for q in queries:
+        keys = list(q)
+        m = min(len(keys), int(rng.integers(8, 13)))
+        out.append({k: q[k] for k in rng.choice(keys, size=m, replace=False).tolist()})
+    return out
+
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def time_setting(run_one, qids: list[str], budget_s: float) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Call ``run_one(i)`` for queries in order until done or over budget; returns per-query ms and results."""
+    times, results = [], {}
+    run_one(0)  # warm-up: first PISA call loads the index
+    started = time.perf_counter()
+    for i, qid in enumerate(qids):
+        t0 = time.perf_counter()
+        res = run_one(i)
+        times.append((time.perf_counter() - t0) * 1000)
+        results[qid] = res["docno"].tolist()
+        if time.perf_counter() - started > budget_s:
+            break
+    return np.array(times), results
+
+
+def recall(results: dict[str, list[str]], truth: dict[str, list[str]], k: int) -> float:
+    vals = [len(set(docs[:k]) & set(truth[q][:k])) / max(1, len(truth[q][:k])) for q, docs in results.items()]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def run(
+    flops_target: float,
+    n_docs: int,
+    n_queries: int,
+    ks: list[int],
+    budget_s: float,
+    workdir: Path,
+    seed: int,
+    algorithms: list[str],
+    algorithms_only: bool = False,
+) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    zipf = 1.0 / np.arange(1, N_TERMS + 1) ** ZIPF_EXPONENT
+    zipf /= zipf.sum()
+    # shuffle term names so popularity is unrelated to lexicographic order
+    terms = np.array([f"t{i:05d}" for i in rng.permutation(N_TERMS)])
+    nnz = nnz_for_flops(flops_target, zipf)
+    p = inclusion_probs(nnz, zipf)
+    docs = sample_matrix(rng, n_docs, p)
+    qmat = sample_matrix(rng, n_queries, p)
+    flops = achieved_flops(docs, qmat)
+    logger.info("FLOPs target %.0f: %.1f nnz/vector, achieved FLOPs %.2f", flops_target, nnz, flops)
+    docnos = np.array([f"d{i}" for i in range(n_docs)])
+
+    path = workdir / f"flops{flops_target:.0f}.d2s"
+    shutil.rmtree(path, ignore_errors=True)
+    t0 = time.perf_counter()
+    index = D2SIndex(path, verbose=False).index_matrix(docnos, docs, terms)
+    build_s = time.perf_counter() - t0
+    index_mb, pisa_mb = dir_mb(path), dir_mb(path / "pisa")
+    logger.info("built in %.1f s, %.0f MB (pisa %.0f MB), meta %s", build_s, index_mb, pisa_mb, index.meta)
+    del docs
+
+    qids = [f"q{i}" for i in range(n_queries)]
+    expanded = to_dicts(qmat, terms)
+    short = unexpanded(rng, expanded)
+    exp_by_qid = dict(zip(qids, expanded, strict=True))
+    frames_exp = pd.DataFrame({"qid": qids, "query_toks": expanded})
+    frames_short = pd.DataFrame({"qid": qids, "query_toks": short})
+    t_lost, s_lost = index.query_mass_loss(expanded), index.query_mass_loss(short)
+    logger.info("query mass lost at scale %g: expanded %.3f%%, unexpanded %.3f%%", index.query_scale, 100 * t_lost, 100 * s_lost)
+
+    kmax = max(ks)
+    truth_res = index.retriever(num_results=kmax, engine="exact")(frames_exp)
+    truth = {q: g["docno"].tolist() for q, g in truth_res.groupby("qid", sort=False)}
+    # swap in the expanded query (what ExpansionRescorer does); a list comprehension, as Series.map(dict) rebuilds
+    # a Series from the whole dict on every call
+    swap = pt.apply.generic(lambda df: df.assign(query_toks=[exp_by_qid[q] for q in df["qid"]]))
+
+    out = []
+    for k in ks:
+        settings = [("pisa", alg, True, index.retriever(k, algorithm=alg), frames_exp) for alg in algorithms]
+        if not algorithms_only:
+            rescore = index.retriever(k, algorithm=DEFAULT_ALGORITHM) >> swap >> index.scorer()
+            settings += [
+                ("pisa", DEFAULT_ALGORITHM, False, index.retriever(k, algorithm=DEFAULT_ALGORITHM), frames_short),
+                ("pisa>>scorer", f"{DEFAULT_ALGORITHM} unexpanded >> rescore expanded", False, rescore, frames_short),
+                ("exact", "scipy csr", True, index.retriever(k, engine="exact"), frames_exp),
+            ]
+        for engine, setting, is_exp, transformer, frame in settings:
+            times, results = time_setting(lambda i, t=transformer, f=frame: t(f.iloc[i : i + 1]), qids, budget_s)
+            row = {
+                "engine": engine,
+                "setting": setting,
+                "flops": round(flops, 2),
+                "k": k,
+                "expanded": is_exp,
+                "ms_per_query": round(float(times.mean()), 3),
+                "p50_ms": round(float(np.percentile(times, 50)), 3),
+                "p99_ms": round(float(np.percentile(times, 99)), 3),
+                "qps": round(1000.0 / float(times.mean()), 1),
+                "recall": round(recall(results, truth, k), 4),
+                "n_queries": len(times),
+                "build_s": round(build_s, 2),
+                "index_mb": round(index_mb, 1),
+                "pisa_mb": round(pisa_mb, 1),
+                "doc_scale": index.doc_scale,
+                "query_scale": index.query_scale,
+                "doc_mass_lost": round(index.meta["doc_mass_lost"], 5),
+                "query_mass_lost": round(t_lost if is_exp else s_lost, 5),
+                "nnz_per_vector": round(nnz, 1),
+            }
+            logger.info(json.dumps(row))
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="12k docs, 50 queries, short budgets (< 1 min)")
+    ap.add_argument("--docs", type=int, default=None)
+    ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--flops", type=float, nargs="+", default=[11.0, 80.0])
+    ap.add_argument("--ks", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--budget-s", type=float, default=None, help="time budget per setting")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--algorithms", nargs="+", default=[DEFAULT_ALGORITHM, "block_max_wand"],
+        help="PISA algorithms timed on expanded queries",
+    )
+    ap.add_argument("--algorithms-only", action="store_true", help="only time PISA expanded (algorithm comparison)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    n_docs = args.docs or (12_300 if args.small else 123_000)
+    n_queries = args.queries or (50 if args.small else 1000)
+    budget = args.budget_s or (1.0 if args.small else 20.0)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="d2s_bench_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        for f in args.flops:
+            rows.extend(run(f, n_docs, n_queries, args.ks, budget, workdir, args.seed, args.algorithms, args.algorithms_only))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

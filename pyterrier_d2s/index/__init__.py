@@ -1,0 +1,27 @@
+"""The D2S index: PISA over quantised impacts for fast retrieval, plus a forward store of the exact float vectors.
+
+The index only sees ``{term: weight}`` dicts and CSR matrices; it knows nothing of the D2S head.
+
+Example::
+
+    index = D2SIndex("coco.d2s")
+    index.index_matrix(docnos, csr, terms)              # or index.indexer().index(iter_of_dicts)
+    pipe = index.retriever(num_results=100) >> index.scorer()
+    pipe(pd.DataFrame({"qid": ["1"], "query_toks": [{"dog": 1.2, "park": 0.4}]}))
+"""
+
+from . import quantisation
+from ._store import ForwardStore
+from .core import DEFAULT_ALGORITHM, D2SIndex, D2SIndexer
+from .transformers import D2SExactRetriever, D2SPisaRetriever, D2SScorer
+
+__all__ = [
+    "DEFAULT_ALGORITHM",
+    "D2SExactRetriever",
+    "D2SIndex",
+    "D2SIndexer",
+    "D2SPisaRetriever",
+    "D2SScorer",
+    "ForwardStore",
+    "quantisation",
+]

@@ -1,0 +1,438 @@
+"""The D2S index artifact: a PISA index plus a forward store of the exact float sparse vectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pyterrier_alpha as pta
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from . import quantisation
+from ._store import DOCNOS_FILE, FORWARD_FILE, PISA_DIR, TERMS_FILE, ForwardStore, write_pisa_collection
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "pt_meta.json"
+_REQUIRED_FILES = (META_FILE, FORWARD_FILE, TERMS_FILE, DOCNOS_FILE, f"{PISA_DIR}/{META_FILE}")
+
+#: Default PISA query algorithm: the fastest measured on expanded D2S-like queries. ``benchmarks/retrieval_latency.py
+#: --algorithms-only`` (123k docs, one thread, ms/query end to end at k=10; FLOPs ~11 | ~80):
+#: maxscore 20.9 | 155, block_max_maxscore 30.0 | 292, ranked_or (exhaustive) 28.6 | 254, wand 72.5 | 706,
+#: block_max_wand (pyterrier-pisa's default) 88.5 | 752. Queries with hundreds of terms defeat WAND's pivoting
+#: and block-max skipping, while MaxScore cheaply sets aside the many low-impact terms.
+DEFAULT_ALGORITHM = "maxscore"
+
+
+def _check_term(term: str) -> None:
+    # PISA reads lexicons line by line and lower-cases query terms: such terms could never be matched.
+    if not term or term != term.strip() or any(c.isspace() for c in term):
+        raise ValueError(f"term {term!r} is empty or contains whitespace; PISA cannot index it")
+    if term != term.lower():
+        raise ValueError(f"term {term!r} is not lower-case; PISA lower-cases query terms, so it could never match")
+
+
+def _check_docno(docno: str) -> None:
+    if not docno or "\n" in docno or "\r" in docno:
+        raise ValueError(f"docno {docno!r} is empty or contains a line break")
+
+
+class D2SIndex(pta.Artifact, pt.Indexer):
+    """A learned-sparse index for D2S vectors: PISA for fast retrieval, a forward store for exact scoring.
+
+    The directory holds ``pisa/`` (a pyterrier-pisa index, ``stemmer='none'``, quantised impacts),
+    ``forward.npz`` (CSR float32, documents x terms), ``terms.txt``, ``docnos.txt`` and ``pt_meta.json``
+    (type ``sparse_index``, format ``d2s``, with the quantisation scales and statistics).
+
+    Scores from every engine are in float dot-product units: PISA's integer scores are divided by
+    ``doc_scale * query_scale`` (see :mod:`pyterrier_d2s.index.quantisation` for the error bound).
+
+    Args:
+        path: the index directory.
+        verbose: show progress bars.
+    """
+
+    ARTIFACT_TYPE = "sparse_index"
+    ARTIFACT_FORMAT = "d2s"
+    ARTIFACT_PACKAGE_HINT = "pyterrier-d2s"
+
+    def __init__(self, path: str | os.PathLike, *, verbose: bool = True):
+        super().__init__(path)
+        self.path = Path(path)
+        self.verbose = verbose
+        self._meta: dict | None = None
+        self._forward: ForwardStore | None = None
+        self._pisa = None
+
+    # ---- state ------------------------------------------------------------------------------------------
+    def built(self) -> bool:
+        """Whether a complete D2S index is at ``path`` (metadata of the right format and every component)."""
+        try:
+            meta = json.loads((self.path / META_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        if meta.get("type") != self.ARTIFACT_TYPE or meta.get("format") != self.ARTIFACT_FORMAT:
+            return False
+        return all((self.path / f).exists() for f in _REQUIRED_FILES)
+
+    def _require_built(self) -> None:
+        if not self.built():
+            raise FileNotFoundError(f"no built D2S index at {str(self.path)!r}")
+
+    @property
+    def meta(self) -> dict:
+        """The contents of ``pt_meta.json``."""
+        if self._meta is None:
+            self._require_built()
+            self._meta = json.loads((self.path / META_FILE).read_text())
+        return self._meta
+
+    @property
+    def doc_scale(self) -> float:
+        """Document quantisation scale ``s``."""
+        return float(self.meta["doc_scale"])
+
+    @property
+    def query_scale(self) -> float:
+        """Default query quantisation scale ``t``."""
+        return float(self.meta["query_scale"])
+
+    def forward(self) -> ForwardStore:
+        """The forward store: ``.matrix`` (CSR float32 docs x terms), ``.terms``, ``.docnos``."""
+        if self._forward is None:
+            self._require_built()
+            self._forward = ForwardStore.load(self.path)
+        return self._forward
+
+    def pisa_index(self):
+        """The underlying :class:`pyterrier_pisa.PisaIndex` (quantised impacts; scores not rescaled)."""
+        if self._pisa is None:
+            from pyterrier_pisa import PisaIndex
+
+            self._require_built()
+            self._pisa = PisaIndex(str(self.path / PISA_DIR), stemmer="none")
+        return self._pisa
+
+    def __len__(self) -> int:
+        return int(self.meta["num_docs"])
+
+    def __repr__(self) -> str:
+        return f"D2SIndex({str(self.path)!r})"
+
+    # ---- indexing ---------------------------------------------------------------------------------------
+    def indexer(
+        self,
+        scale: float | None = None,
+        max_mass_loss: float = 0.005,
+        *,
+        query_scale: float | None = None,
+        overwrite: bool = False,
+    ) -> D2SIndexer:
+        """An indexer taking dicts with ``docno`` and ``toks`` (``{term: weight}``).
+
+        Args:
+            scale: document quantisation scale; ``None`` picks the smallest that loses < ``max_mass_loss``.
+            max_mass_loss: largest fraction of weight mass that truncation may lose (documents, and queries
+                checked at retrieval time).
+            query_scale: default query scale for retrieval; ``None`` uses the document scale (queries come
+                from the same head, so their weights have a similar scale).
+            overwrite: replace an existing D2S index at ``path``.
+        """
+        return D2SIndexer(self, scale=scale, max_mass_loss=max_mass_loss, query_scale=query_scale, overwrite=overwrite)
+
+    def index_inputs(self) -> list[list[str]]:
+        """Columns needed by :meth:`index`."""
+        return [["docno", "toks"]]
+
+    def index(self, iter_dict: Iterable[Mapping[str, Any]]) -> D2SIndex:
+        """Index ``{'docno', 'toks'}`` dicts with the default settings (see :meth:`indexer`)."""
+        return self.indexer().index(iter_dict)
+
+    def index_matrix(
+        self,
+        docnos: Sequence[str] | np.ndarray,
+        matrix: sp.spmatrix | sp.sparray,
+        terms: Sequence[str] | np.ndarray,
+        *,
+        scale: float | None = None,
+        max_mass_loss: float = 0.005,
+        query_scale: float | None = None,
+        overwrite: bool = False,
+    ) -> D2SIndex:
+        """Index a CSR matrix (documents x terms) directly: the fast path for batch encoders.
+
+        Args:
+            docnos: one identifier per row.
+            matrix: non-negative weights; columns named by ``terms``.
+            terms: column vocabulary (lower-case, no whitespace; unused columns are fine).
+            scale, max_mass_loss, query_scale, overwrite: as in :meth:`indexer`.
+        """
+        return self.indexer(scale, max_mass_loss, query_scale=query_scale, overwrite=overwrite).index_matrix(
+            docnos, matrix, terms
+        )
+
+    # ---- retrieval & scoring ----------------------------------------------------------------------------
+    def retriever(
+        self,
+        num_results: int = 1000,
+        engine: str = "pisa",
+        algorithm: str = DEFAULT_ALGORITHM,
+        threads: int = 1,
+        *,
+        toks_scale: float | None = None,
+        verbose: bool = False,
+    ) -> pt.Transformer:
+        """A retriever mapping ``qid`` + ``query_toks`` frames to ranked results.
+
+        Args:
+            num_results: results per query (k).
+            engine: ``"pisa"`` (quantised impacts, dynamic pruning) or ``"exact"`` (float dot products over the
+                forward store, exhaustive; the ground truth). On expanded queries over ~100k documents the exact
+                engine is not slower (see the benchmark); PISA pays off on short (unexpanded) queries.
+            algorithm: PISA query algorithm (``maxscore`` default; ``block_max_wand``, ``wand``,
+                ``block_max_maxscore``, ``ranked_or``, ...). Ignored by the exact engine.
+            threads: PISA query threads.
+            toks_scale: query scale ``t``; ``None`` uses the index's ``query_scale``.
+            verbose: progress bar over queries.
+        """
+        from .transformers import D2SExactRetriever, D2SPisaRetriever
+
+        if engine == "pisa":
+            return D2SPisaRetriever(
+                self, num_results=num_results, algorithm=algorithm, threads=threads, toks_scale=toks_scale, verbose=verbose
+            )
+        if engine == "exact":
+            return D2SExactRetriever(self, num_results=num_results, verbose=verbose)
+        raise ValueError(f"unknown engine {engine!r}; expected 'pisa' or 'exact'")
+
+    def scorer(self, verbose: bool = False) -> pt.Transformer:
+        """A re-ranker replacing ``score`` by the exact float dot product of ``query_toks`` with each stored vector."""
+        from .transformers import D2SScorer
+
+        return D2SScorer(self, verbose=verbose)
+
+    def score(self, query_toks: Mapping[str, float], docnos: Sequence[str]) -> np.ndarray:
+        """Exact float dot products of one query with the stored vectors of ``docnos``.
+
+        Raises:
+            KeyError: naming the docnos that are not in the index.
+        """
+        fwd = self.forward()
+        rows = fwd.rows(list(docnos))
+        q = fwd.query_matrix([dict(query_toks)])
+        return np.asarray((fwd.matrix[rows] @ q.T).todense(), dtype=np.float64).ravel()
+
+    def query_mass_loss(self, queries: Iterable[Mapping[str, float]], toks_scale: float | None = None) -> float:
+        """Fraction of the query weight mass (on indexed terms) that truncation at ``toks_scale`` loses."""
+        known = self.forward().term_index
+        t = self.query_scale if toks_scale is None else float(toks_scale)
+        return quantisation.mass_loss([w for q in queries for k, w in q.items() if k in known], t)
+
+    def choose_query_scale(self, queries: Iterable[Mapping[str, float]], max_mass_loss: float | None = None) -> float:
+        """Smallest query scale losing < ``max_mass_loss`` (default: the index's) of a sample of queries' mass."""
+        known = self.forward().term_index
+        target = self.meta["max_mass_loss"] if max_mass_loss is None else max_mass_loss
+        return quantisation.choose_scale([w for q in queries for k, w in q.items() if k in known], target)
+
+    def error_bound(self, query_toks: Mapping[str, float], toks_scale: float | None = None) -> float:
+        """Bound ``B(q)`` on ``|PISA score - exact score|`` for this query and any document of the index."""
+        t = self.query_scale if toks_scale is None else float(toks_scale)
+        return quantisation.query_error_bound(query_toks, self.forward().term_max, self.doc_scale, t)
+
+
+class D2SIndexer(pt.Indexer):
+    """Builds a :class:`D2SIndex` atomically: everything goes into a temporary sibling directory that is renamed
+    into place only when complete, so an interrupted build never leaves a directory that opens as an index."""
+
+    def __init__(
+        self,
+        index: D2SIndex,
+        *,
+        scale: float | None = None,
+        max_mass_loss: float = 0.005,
+        query_scale: float | None = None,
+        overwrite: bool = False,
+    ):
+        self._index = index
+        self.scale = scale
+        self.max_mass_loss = max_mass_loss
+        self.query_scale = query_scale
+        self.overwrite = overwrite
+
+    def __repr__(self) -> str:
+        return f"{self._index!r}.indexer(scale={self.scale!r}, max_mass_loss={self.max_mass_loss!r}, overwrite={self.overwrite!r})"
+
+    def index_inputs(self) -> list[list[str]]:
+        """Columns needed by :meth:`index`."""
+        return [["docno", "toks"]]
+
+    def index(self, iter_dict: Iterable[Mapping[str, Any]] | pd.DataFrame) -> D2SIndex:
+        """Index ``{'docno': str, 'toks': {term: weight}}`` records (a DataFrame is accepted too).
+
+        Raises:
+            ValueError: on duplicate docnos (naming the first), negative/non-finite weights or unindexable terms.
+        """
+        self._check_target()
+        if isinstance(iter_dict, pd.DataFrame):
+            iter_dict = iter_dict.to_dict(orient="records")
+        term_ids: dict[str, int] = {}
+        docnos: list[str] = []
+        indptr = [0]
+        cols: list[int] = []
+        vals: list[float] = []
+        it = iter_dict
+        if self._index.verbose:
+            it = tqdm(it, desc="D2S indexing (reading)", unit="doc")
+        for doc in it:
+            docnos.append(str(doc["docno"]))
+            for term, w in doc["toks"].items():
+                col = term_ids.get(term)
+                if col is None:
+                    col = term_ids[term] = len(term_ids)
+                cols.append(col)
+                vals.append(w)
+            indptr.append(len(cols))
+        terms = np.array(list(term_ids), dtype=str) if term_ids else np.array([], dtype=str)
+        matrix = sp.csr_matrix(
+            (np.asarray(vals, dtype=np.float32), np.asarray(cols, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+            shape=(len(docnos), len(terms)),
+        )
+        return self.index_matrix(docnos, matrix, terms)
+
+    def index_matrix(
+        self, docnos: Sequence[str] | np.ndarray, matrix: sp.spmatrix | sp.sparray, terms: Sequence[str] | np.ndarray
+    ) -> D2SIndex:
+        """Index a documents x terms matrix (see :meth:`D2SIndex.index_matrix`)."""
+        started = time.perf_counter()
+        self._check_target()
+        docnos = np.asarray([str(d) for d in docnos], dtype=str)
+        terms = np.asarray([str(t) for t in terms], dtype=str)
+        matrix = sp.csr_matrix(matrix, dtype=np.float32)
+        matrix.sum_duplicates()
+        if matrix.shape != (len(docnos), len(terms)):
+            raise ValueError(f"matrix shape {matrix.shape} does not match {len(docnos)} docnos x {len(terms)} terms")
+        if len(docnos) == 0:
+            raise ValueError("cannot build an index with no documents")
+        self._validate(docnos, matrix, terms)
+        matrix.eliminate_zeros()
+
+        doc_scale = float(self.scale) if self.scale is not None else quantisation.choose_scale(matrix.data, self.max_mass_loss)
+        query_scale = float(self.query_scale) if self.query_scale is not None else doc_scale
+        lost = quantisation.mass_loss(matrix.data, doc_scale)
+        (logger.warning if lost >= self.max_mass_loss else logger.info)(
+            "D2S index: document scale %g loses %.4f%% of the weight mass (limit %.4f%%)",
+            doc_scale, 100 * lost, 100 * self.max_mass_loss,
+        )
+
+        target = self._index.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            steps = tqdm(total=4, desc="D2S indexing", unit="step", disable=not self._index.verbose)
+            ForwardStore.save(tmp, matrix, terms, docnos)
+            steps.update()
+            pisa_stats = write_pisa_collection(tmp / PISA_DIR, matrix, terms, docnos, doc_scale)
+            steps.update()
+            self._warm_pisa(tmp / PISA_DIR)
+            steps.update()
+            nnz = np.diff(matrix.indptr)
+            meta = {
+                "type": D2SIndex.ARTIFACT_TYPE,
+                "format": D2SIndex.ARTIFACT_FORMAT,
+                "package_hint": D2SIndex.ARTIFACT_PACKAGE_HINT,
+                "num_docs": int(matrix.shape[0]),
+                "num_terms": int(matrix.shape[1]),
+                "nnz": int(matrix.nnz),
+                "mean_doc_nnz": float(nnz.mean()),
+                "empty_docs": int((nnz == 0).sum()),
+                "max_weight": float(matrix.data.max()) if matrix.nnz else 0.0,
+                "doc_scale": doc_scale,
+                "query_scale": query_scale,
+                "max_mass_loss": float(self.max_mass_loss),
+                "doc_mass_lost": lost,
+                "build_seconds": round(time.perf_counter() - started, 3),
+                **pisa_stats,
+            }
+            # pt_meta.json is written last: a directory without it never counts as built.
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            self._swap_into_place(tmp, target)
+            steps.update()
+            steps.close()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("D2S index built at %s: %d docs, %d terms, %.1f s", target, meta["num_docs"], meta["num_terms"], meta["build_seconds"])
+        self._index._meta = None
+        self._index._forward = None
+        self._index._pisa = None
+        return self._index
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def _check_target(self) -> None:
+        target = self._index.path
+        if not target.exists():
+            return
+        if not target.is_dir():
+            raise FileExistsError(f"{str(target)!r} exists and is not a directory")
+        if not any(target.iterdir()):
+            return
+        if not self.overwrite:
+            raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True to replace a D2S index")
+        try:
+            meta = json.loads((target / META_FILE).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        # Never recursively delete something that is not one of ours.
+        if meta.get("format") != D2SIndex.ARTIFACT_FORMAT:
+            raise FileExistsError(f"{str(target)!r} exists and is not a D2S index; refusing to overwrite it")
+
+    @staticmethod
+    def _validate(docnos: np.ndarray, matrix: sp.csr_matrix, terms: np.ndarray) -> None:
+        uniq, first, counts = np.unique(docnos, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dups = uniq[counts > 1]
+            # name the duplicate that appears first in the input
+            d = dups[np.argmin(first[counts > 1])]
+            raise ValueError(f"duplicate docno {str(d)!r}")
+        for d in docnos.tolist():
+            _check_docno(d)
+        if len(np.unique(terms)) != len(terms):
+            raise ValueError("duplicate terms in the column vocabulary")
+        used = np.unique(matrix.indices[matrix.data != 0])
+        for t in terms[used].tolist():
+            _check_term(t)
+        if matrix.nnz and not np.isfinite(matrix.data).all():
+            raise ValueError("weights must be finite")
+        if matrix.nnz and (matrix.data < 0).any():
+            raise ValueError("weights must be non-negative (PISA stores unsigned impacts)")
+
+    @staticmethod
+    def _warm_pisa(pisa_path: Path) -> None:
+        # PISA compresses the collection and writes its block-max metadata on first query; do it now, inside
+        # the temporary directory, so the finished index is complete (and usable read-only).
+        from pyterrier_pisa import PisaIndex, PisaRetrieve
+
+        PisaRetrieve(PisaIndex(str(pisa_path), stemmer="none"), scorer="quantized", num_results=1, stops="none")
+
+    @staticmethod
+    def _swap_into_place(tmp: Path, target: Path) -> None:
+        if target.exists():
+            # an empty directory, or a D2S index we were told to overwrite (checked in _check_target)
+            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(trash)
+            tmp.rename(target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(target)
