@@ -161,7 +161,12 @@ def run(
     frames_exp = pd.DataFrame({"qid": qids, "query_toks": expanded})
     frames_short = pd.DataFrame({"qid": qids, "query_toks": short})
     t_lost, s_lost = index.query_mass_loss(expanded), index.query_mass_loss(short)
-    logger.info("query mass lost at scale %g: expanded %.3f%%, unexpanded %.3f%%", index.query_scale, 100 * t_lost, 100 * s_lost)
+    logger.info(
+        "query mass lost at scale %g: expanded %.3f%%, unexpanded %.3f%%",
+        index.query_scale,
+        100 * t_lost,
+        100 * s_lost,
+    )
 
     kmax = max(ks)
     truth_res = index.retriever(num_results=kmax, engine="exact")(frames_exp)
@@ -176,12 +181,26 @@ def run(
         if not algorithms_only:
             rescore = index.retriever(k, algorithm=DEFAULT_ALGORITHM) >> swap >> index.scorer()
             settings += [
-                ("pisa", DEFAULT_ALGORITHM, False, index.retriever(k, algorithm=DEFAULT_ALGORITHM), frames_short),
-                ("pisa>>scorer", f"{DEFAULT_ALGORITHM} unexpanded >> rescore expanded", False, rescore, frames_short),
+                (
+                    "pisa",
+                    DEFAULT_ALGORITHM,
+                    False,
+                    index.retriever(k, algorithm=DEFAULT_ALGORITHM),
+                    frames_short,
+                ),
+                (
+                    "pisa>>scorer",
+                    f"{DEFAULT_ALGORITHM} unexpanded >> rescore expanded",
+                    False,
+                    rescore,
+                    frames_short,
+                ),
                 ("exact", "scipy csr", True, index.retriever(k, engine="exact"), frames_exp),
             ]
         for engine, setting, is_exp, transformer, frame in settings:
-            times, results = time_setting(lambda i, t=transformer, f=frame: t(f.iloc[i : i + 1]), qids, budget_s)
+            times, results = time_setting(
+                lambda i, t=transformer, f=frame: t(f.iloc[i : i + 1]), qids, budget_s
+            )
             row = {
                 "engine": engine,
                 "setting": setting,
@@ -220,10 +239,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--algorithms", nargs="+", default=[DEFAULT_ALGORITHM, "block_max_wand"],
+        "--algorithms",
+        nargs="+",
+        default=[DEFAULT_ALGORITHM, "block_max_wand"],
         help="PISA algorithms timed on expanded queries",
     )
-    ap.add_argument("--algorithms-only", action="store_true", help="only time PISA expanded (algorithm comparison)")
+    ap.add_argument(
+        "--algorithms-only", action="store_true", help="only time PISA expanded (algorithm comparison)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     n_docs = args.docs or (12_300 if args.small else 123_000)
@@ -234,7 +257,19 @@ def main() -> None:
     rows = []
     try:
         for f in args.flops:
-            rows.extend(run(f, n_docs, n_queries, args.ks, budget, workdir, args.seed, args.algorithms, args.algorithms_only))
+            rows.extend(
+                run(
+                    f,
+                    n_docs,
+                    n_queries,
+                    args.ks,
+                    budget,
+                    workdir,
+                    args.seed,
+                    args.algorithms,
+                    args.algorithms_only,
+                )
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

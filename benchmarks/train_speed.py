@@ -88,7 +88,9 @@ def main() -> None:
     config = TrainConfig(exp=args.exp, epochs=args.epochs, batch_size=args.batch_size)
     result: dict = {
         "benchmark": "train_speed",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "images": args.images,
         "captions": args.images * args.captions_per_image,
@@ -110,7 +112,9 @@ def main() -> None:
             epochs=args.epochs,
             seconds=round(time.perf_counter() - t, 1),
             best_val_r1=fit.best_r1,
-            peak_gpu_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+            peak_gpu_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if device.type == "cuda"
+            else None,
         )
     else:
         stamps: list[float] = []

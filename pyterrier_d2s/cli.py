@@ -35,7 +35,10 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 512 (32 for coco500)")
     p.add_argument("--lr-proj", type=float, default=None, help="learning rate of W1 (default 1e-3)")
     p.add_argument(
-        "--lr-vocab", type=float, default=None, help="learning rate of LayerNorm + W2 (default 5e-5; 1e-3 for coco500)"
+        "--lr-vocab",
+        type=float,
+        default=None,
+        help="learning rate of LayerNorm + W2 (default 5e-5; 1e-3 for coco500)",
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -123,7 +126,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", required=True, help="head directory (from d2s train)")
     p.add_argument("--index", required=True, help="index directory (from d2s index)")
     p.add_argument("--data", required=True, help="the data set the index was built from")
-    p.add_argument("--candidates", type=int, default=100, help="candidates re-scored by the expansion rescorer")
+    p.add_argument(
+        "--candidates", type=int, default=100, help="candidates re-scored by the expansion rescorer"
+    )
     p.add_argument("--num-results", type=int, default=100, help="results per query of the other systems")
 
 
@@ -171,7 +176,9 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
         dense = dense_flex_index(f"{tmp}/dense.flex", data.corpus_iter())
         systems = evaluation_systems(model, index, dense, args.candidates, args.num_results)
         table = compare(systems, topics, qrels, index=index, reference="dense")
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format
+    ):
         print(table.drop(columns=[c for c in table.columns if c.startswith("rho-")]).to_string(index=False))
     return [
         {

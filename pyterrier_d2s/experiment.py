@@ -91,8 +91,13 @@ def per_query_pearson(
 
     def per_query(frame: pd.DataFrame) -> pd.DataFrame:
         run_m = frame.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
-        rows = [(m.query_id, str(m.measure), m.value) for m in ir_measures.iter_calc(list(measures), qrels_m, run_m)]
-        return pd.DataFrame(rows, columns=["qid", "measure", "value"]).pivot(index="qid", columns="measure", values="value")
+        rows = [
+            (m.query_id, str(m.measure), m.value)
+            for m in ir_measures.iter_calc(list(measures), qrels_m, run_m)
+        ]
+        return pd.DataFrame(rows, columns=["qid", "measure", "value"]).pivot(
+            index="qid", columns="measure", values="value"
+        )
 
     a, b = per_query(run), per_query(reference)
     a, b = a.align(b, join="outer", fill_value=0.0)
@@ -125,7 +130,9 @@ def compare(
         if system.query_encoder is not None and index is not None:
             toks = list(system.query_encoder(topics)["query_toks"])
             row["flops"] = query_flops(toks, index)
-            row["q_nnz"] = float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0
+            row["q_nnz"] = (
+                float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0
+            )
         rows.append(row)
     table = pt.Experiment(
         list(runs.values()), topics, qrels, eval_metrics=list(measures), names=list(runs), verbose=False

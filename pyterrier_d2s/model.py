@@ -94,14 +94,20 @@ class D2S:
 
     # -- PyTerrier transformers ------------------------------------------------------------------------
     def query_encoder(
-        self, expansion: bool | None = None, top_k: int | None = None, min_weight: float = 0.0, batch_size: int = 1024
+        self,
+        expansion: bool | None = None,
+        top_k: int | None = None,
+        min_weight: float = 0.0,
+        batch_size: int = 1024,
     ) -> D2SQueryEncoder:
         """``qid, query (+ query_vec)`` → adds ``query_toks``. ``expansion=None`` follows the training mode."""
         from .pipeline import D2SQueryEncoder
 
         if expansion is None:
             expansion = self.head.config.exp != "0"
-        return D2SQueryEncoder(self, expansion=expansion, top_k=top_k, min_weight=min_weight, batch_size=batch_size)
+        return D2SQueryEncoder(
+            self, expansion=expansion, top_k=top_k, min_weight=min_weight, batch_size=batch_size
+        )
 
     def image_indexer(self, index: D2SIndex, batch_size: int = 1024, **index_kwargs) -> D2SImageIndexer:
         """``docno + doc_vec`` (or ``image``) → sparse vectors written into ``index``."""
@@ -109,7 +115,9 @@ class D2S:
 
         return D2SImageIndexer(self, index, batch_size=batch_size, **index_kwargs)
 
-    def rescorer(self, index: D2SIndex, top_k: int | None = None, min_weight: float = 0.0) -> ExpansionRescorer:
+    def rescorer(
+        self, index: D2SIndex, top_k: int | None = None, min_weight: float = 0.0
+    ) -> ExpansionRescorer:
         """Re-score retrieved candidates exactly with the fully expanded query ("no expansion >> expansion")."""
         from .pipeline import ExpansionRescorer
 

@@ -95,7 +95,9 @@ class D2SImageIndexer(pt.Indexer):
     (path / PIL image / bytes, through the model's dense image encoder).
     """
 
-    def __init__(self, model: D2S, index: D2SIndex, batch_size: int = 1024, verbose: bool = True, **index_kwargs):
+    def __init__(
+        self, model: D2S, index: D2SIndex, batch_size: int = 1024, verbose: bool = True, **index_kwargs
+    ):
         self.model = model
         self.d2s_index = index
         self.batch_size = batch_size
@@ -132,7 +134,9 @@ class D2SImageIndexer(pt.Indexer):
                 vecs = np.stack([np.asarray(d["doc_vec"], dtype=np.float32) for d in batch])
                 bad = ~np.isfinite(vecs).all(axis=1)
                 if bad.any():
-                    raise ValueError(f"document {batch_docnos[int(np.argmax(bad))]!r} has a NaN or inf doc_vec")
+                    raise ValueError(
+                        f"document {batch_docnos[int(np.argmax(bad))]!r} has a NaN or inf doc_vec"
+                    )
                 blocks.append(self.model.encode_images(vectors=vecs))
             else:
                 blocks.append(self.model.encode_images(images=[d["image"] for d in batch]))

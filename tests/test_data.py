@@ -150,7 +150,34 @@ def test_topics_qrels_corpus(tmp_path):
     topics = d.topics()
     assert topics["qid"].tolist() == ["c1", "c2", "c3"] and topics["query"].tolist()[0] == "a dog"
     np.testing.assert_allclose(np.stack(topics["query_vec"]), d.caption_vectors)
-    assert d.qrels()[["qid", "docno", "label"]].values.tolist() == [["c1", "i1", 1], ["c2", "i1", 1], ["c3", "i2", 1]]
+    assert d.qrels()[["qid", "docno", "label"]].values.tolist() == [
+        ["c1", "i1", 1],
+        ["c2", "i1", 1],
+        ["c3", "i2", 1],
+    ]
     docs = list(d.corpus_iter())
     assert [x["docno"] for x in docs] == ["i1", "i2"]
     np.testing.assert_allclose(docs[1]["doc_vec"], d.image_vectors[1])
+
+
+def test_training_never_imports_pyterrier():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyterrier_d2s\n"
+        "from pyterrier_d2s import D2STrainer, TrainConfig, load_pairs, D2SHead\n"
+        "import pyterrier_d2s.training, pyterrier_d2s.evaluation\n"
+        "assert 'pyterrier' not in sys.modules, 'training imported pyterrier'\n"
+        "from pyterrier_d2s import D2SIndex\n"
+        "assert 'pyterrier' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_public_names_resolve():
+    import pyterrier_d2s
+
+    assert set(pyterrier_d2s.__all__) == {*pyterrier_d2s._PUBLIC, "__version__"}
+    for name in pyterrier_d2s._PUBLIC:
+        assert getattr(pyterrier_d2s, name).__name__ == name

@@ -46,7 +46,12 @@ def _random_matrix(rng: np.random.Generator, rows: int, nnz_per_row: int, low: f
 
 def _as_dicts(m: sp.csr_matrix) -> list[dict[str, float]]:
     return [
-        {TERMS[j]: float(v) for j, v in zip(m.indices[m.indptr[i] : m.indptr[i + 1]], m.data[m.indptr[i] : m.indptr[i + 1]], strict=True)}
+        {
+            TERMS[j]: float(v)
+            for j, v in zip(
+                m.indices[m.indptr[i] : m.indptr[i + 1]], m.data[m.indptr[i] : m.indptr[i + 1]], strict=True
+            )
+        }
         for i in range(m.shape[0])
     ]
 
@@ -116,7 +121,9 @@ def test_choose_scale_is_smallest_meeting_target():
 
 def test_lost_mass_recorded_and_below_limit(index, coll):
     meta = json.loads((index.path / "pt_meta.json").read_text())
-    assert meta["type"] == "sparse_index" and meta["format"] == "d2s" and meta["package_hint"] == "pyterrier-d2s"
+    assert (
+        meta["type"] == "sparse_index" and meta["format"] == "d2s" and meta["package_hint"] == "pyterrier-d2s"
+    )
     w = coll.docs.data.astype(np.float64)
     lost = (w.sum() - (np.floor(w * meta["doc_scale"]) / meta["doc_scale"]).sum()) / w.sum()
     assert meta["doc_mass_lost"] == pytest.approx(lost, rel=1e-9)
@@ -162,7 +169,9 @@ def _check_against_brute_force(index: D2SIndex, coll: Collection, k: int, **kw) 
         for docno, score in zip(got["docno"], got["score"], strict=True):
             r = rows[docno]
             shared = (coll.dense_queries[qi] > 0) & (coll.dense_docs[r] > 0)
-            pair = quantisation.pair_error_bound(coll.dense_queries[qi][shared], coll.dense_docs[r][shared], s, t)
+            pair = quantisation.pair_error_bound(
+                coll.dense_queries[qi][shared], coll.dense_docs[r][shared], s, t
+            )
             assert abs(exact[r] - score) <= pair <= bound
             checked += 1
         # top-k: every doc in the symmetric difference is within 2B of the exact k-th score
@@ -233,11 +242,15 @@ def test_empty_and_unknown_queries(index, engine, caplog, monkeypatch):
 
     monkeypatch.setattr(store, "_warned_case", False)
     retr = index.retriever(num_results=10, engine=engine)
-    empty = retr(pd.DataFrame({"qid": pd.Series([], dtype=object), "query_toks": pd.Series([], dtype=object)}))
+    empty = retr(
+        pd.DataFrame({"qid": pd.Series([], dtype=object), "query_toks": pd.Series([], dtype=object)})
+    )
     assert len(empty) == 0
     assert {"qid", "docno", "score", "rank"} <= set(empty.columns)
     # unknown terms, an upper-case variant of a known term (PISA would lower-case it) and an empty dict
-    frame = pd.DataFrame({"qid": ["u", "U", "e", "ok"], "query_toks": [{"zzz": 1.0}, {"W1": 2.0}, {}, {"w1": 1.0}]})
+    frame = pd.DataFrame(
+        {"qid": ["u", "U", "e", "ok"], "query_toks": [{"zzz": 1.0}, {"W1": 2.0}, {}, {"w1": 1.0}]}
+    )
     with caplog.at_level("WARNING"):
         res = retr(frame)
     assert "'W1' is not lower-case" in caplog.text
@@ -267,9 +280,21 @@ def test_inspect(index):
     for engine in ["pisa", "exact"]:
         retr = index.retriever(engine=engine)
         assert pt.inspect.transformer_inputs(retr) == [["qid", "query_toks"]]
-        assert pt.inspect.transformer_outputs(retr, ["qid", "query_toks"]) == ["qid", "query_toks", "docno", "score", "rank"]
+        assert pt.inspect.transformer_outputs(retr, ["qid", "query_toks"]) == [
+            "qid",
+            "query_toks",
+            "docno",
+            "score",
+            "rank",
+        ]
     pipe = index.retriever() >> index.scorer()
-    assert pt.inspect.transformer_outputs(pipe, ["qid", "query_toks"]) == ["qid", "query_toks", "docno", "score", "rank"]
+    assert pt.inspect.transformer_outputs(pipe, ["qid", "query_toks"]) == [
+        "qid",
+        "query_toks",
+        "docno",
+        "score",
+        "rank",
+    ]
 
 
 # ---- re-scoring -----------------------------------------------------------------------------------------
@@ -280,7 +305,15 @@ def test_scorer_equals_brute_force(index, coll):
     rows = []
     for qi, qid in enumerate(coll.qids[:10]):
         for d in rng.choice(N_DOCS, size=40, replace=False):
-            rows.append({"qid": qid, "docno": coll.docnos[d], "query_toks": coll.query_toks[qi], "score": -1.0, "rank": 0})
+            rows.append(
+                {
+                    "qid": qid,
+                    "docno": coll.docnos[d],
+                    "query_toks": coll.query_toks[qi],
+                    "score": -1.0,
+                    "rank": 0,
+                }
+            )
     inp = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # scrambled order
     out = index.scorer()(inp)
     assert list(out.columns) == ["qid", "docno", "query_toks", "score", "rank"]
@@ -313,11 +346,17 @@ def test_retrieve_then_rescore_pipeline_and_experiment(index, coll):
     for qi, qid in enumerate(coll.qids):
         got = res[qid]
         exact = coll.exact(qi)
-        np.testing.assert_allclose(got["score"], exact[[int(d[1:]) for d in got["docno"]]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            got["score"], exact[[int(d[1:]) for d in got["docno"]]], rtol=1e-5, atol=1e-6
+        )
         assert (np.diff(got["score"].to_numpy()) <= 0).all()
     # qrels from brute force: the exact top-1 of each query is relevant
     qrels = pd.DataFrame(
-        {"qid": coll.qids, "docno": [coll.docnos[np.argmax(coll.exact(i))] for i in range(N_QUERIES)], "label": 1}
+        {
+            "qid": coll.qids,
+            "docno": [coll.docnos[np.argmax(coll.exact(i))] for i in range(N_QUERIES)],
+            "label": 1,
+        }
     )
     exp = pt.Experiment(
         [index.retriever(num_results=k, engine="exact"), pipe, index.retriever(num_results=k)],
@@ -350,9 +389,13 @@ def test_reopen_and_artifact_load(index, coll, monkeypatch):
     b = index.retriever(num_results=5)(coll.frame())
     assert a[["qid", "docno"]].equals(b[["qid", "docno"]])
     # pta.Artifact.load through the entry point declared in setup.cfg (installed metadata is not ours to edit)
-    ep = importlib.metadata.EntryPoint(name="sparse_index.d2s", value="pyterrier_d2s.index:D2SIndex", group="pyterrier.artifact")
+    ep = importlib.metadata.EntryPoint(
+        name="sparse_index.d2s", value="pyterrier_d2s.index:D2SIndex", group="pyterrier.artifact"
+    )
     real = pt.utils.entry_points
-    monkeypatch.setattr(pt.utils, "entry_points", lambda group: [ep] if group == "pyterrier.artifact" else real(group))
+    monkeypatch.setattr(
+        pt.utils, "entry_points", lambda group: [ep] if group == "pyterrier.artifact" else real(group)
+    )
     loaded = pta.Artifact.load(str(index.path))
     assert isinstance(loaded, D2SIndex) and len(loaded) == N_DOCS
 
@@ -364,7 +407,11 @@ def test_setup_cfg_declares_entry_point():
 
 def test_duplicate_docno_is_an_error(tmp_path):
     idx = D2SIndex(tmp_path / "dup", verbose=False)
-    docs = [{"docno": "1", "toks": {"a": 1.0}}, {"docno": "123", "toks": {"b": 1.0}}, {"docno": "123", "toks": {}}]
+    docs = [
+        {"docno": "1", "toks": {"a": 1.0}},
+        {"docno": "123", "toks": {"b": 1.0}},
+        {"docno": "123", "toks": {}},
+    ]
     with pytest.raises(ValueError, match="duplicate docno '123'"):
         idx.indexer().index(docs)
     assert not idx.built() and not (tmp_path / "dup").exists()
@@ -374,7 +421,12 @@ def test_duplicate_docno_is_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("term", "weight", "msg"),
-    [("Dog", 1.0, "lower-case"), ("hot dog", 1.0, "whitespace"), ("dog", -1.0, "non-negative"), ("dog", np.nan, "finite")],
+    [
+        ("Dog", 1.0, "lower-case"),
+        ("hot dog", 1.0, "whitespace"),
+        ("dog", -1.0, "non-negative"),
+        ("dog", np.nan, "finite"),
+    ],
 )
 def test_bad_documents_rejected(tmp_path, term, weight, msg):
     with pytest.raises(ValueError, match=msg):
@@ -440,13 +492,19 @@ def test_overwrite_rules(tmp_path):
 def test_threads_give_same_results(index, coll):
     one = index.retriever(num_results=20, threads=1)(coll.frame())
     two = index.retriever(num_results=20, threads=2)(coll.frame())
-    pd.testing.assert_frame_equal(one[["qid", "docno", "score", "rank"]], two[["qid", "docno", "score", "rank"]])
+    pd.testing.assert_frame_equal(
+        one[["qid", "docno", "score", "rank"]], two[["qid", "docno", "score", "rank"]]
+    )
 
 
 def test_degenerate_collections_rejected(tmp_path):
     with pytest.raises(ValueError, match="no documents"):
-        D2SIndex(tmp_path / "none", verbose=False).index_matrix([], sp.csr_matrix((0, 2), dtype=np.float32), ["x", "y"])
+        D2SIndex(tmp_path / "none", verbose=False).index_matrix(
+            [], sp.csr_matrix((0, 2), dtype=np.float32), ["x", "y"]
+        )
     # PISA would abort the interpreter on an index without postings: refuse it instead
     with pytest.raises(ValueError, match="nothing to put in PISA"):
-        D2SIndex(tmp_path / "zero", verbose=False).index_matrix(["a", "b"], sp.csr_matrix((2, 2), dtype=np.float32), ["x", "y"])
+        D2SIndex(tmp_path / "zero", verbose=False).index_matrix(
+            ["a", "b"], sp.csr_matrix((2, 2), dtype=np.float32), ["x", "y"]
+        )
     assert not (tmp_path / "zero").exists() and _leftovers(tmp_path, "zero") == []

@@ -9,11 +9,18 @@ from ir_measures import RR, R
 
 from pyterrier_d2s.data import load_pairs
 from pyterrier_d2s.evaluation import sparse_top_k
-from pyterrier_d2s.experiment import System, compare, dense_flex_index, overlap_at_k, per_query_pearson, query_flops
+from pyterrier_d2s.experiment import (
+    System,
+    compare,
+    dense_flex_index,
+    overlap_at_k,
+    per_query_pearson,
+    query_flops,
+)
 from pyterrier_d2s.head import D2SHead, D2SHeadConfig
 from pyterrier_d2s.index import D2SIndex
 from pyterrier_d2s.model import D2S
-from pyterrier_d2s.pipeline import D2SImageIndexer, D2SQueryEncoder, ExpansionRescorer
+from pyterrier_d2s.pipeline import D2SImageIndexer, ExpansionRescorer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,9 @@ def test_query_encoder_matches_head(model, data):
     csr = model.head.encode(data.caption_vectors[:5])
     for i, toks in enumerate(out["query_toks"]):
         row = csr.getrow(i)
-        assert toks == {model.vocab.tokens[j]: pytest.approx(float(w)) for j, w in zip(row.indices, row.data)}
+        assert toks == {
+            model.vocab.tokens[j]: pytest.approx(float(w)) for j, w in zip(row.indices, row.data, strict=True)
+        }
         assert all(w > 0 for w in toks.values())
 
 
@@ -108,7 +117,9 @@ def test_rescorer_equals_brute_force_on_candidates(model, index, data):
         assert sorted(group["docno"]) == sorted(cand_docs)  # same candidates, re-ordered
         exact = (d[[doc_of[x] for x in cand_docs]] @ q[row_of[qid]].T).toarray().ravel()
         expected = sorted(exact, reverse=True)
-        np.testing.assert_allclose(group.sort_values("rank")["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            group.sort_values("rank")["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6
+        )
         assert group.sort_values("rank")["rank"].tolist() == list(range(len(group)))
 
 
@@ -171,10 +182,14 @@ def test_experiment_compares_dense_and_sparse(model, index, data, tmp_path):
     systems = [
         System("dense", dense.np_retriever(num_results=10)),
         System("d2s-expanded", exp >> index.retriever(num_results=10), exp),
-        System("d2s-noexp>>rescore", noexp >> index.retriever(num_results=10) >> model.rescorer(index), noexp),
+        System(
+            "d2s-noexp>>rescore", noexp >> index.retriever(num_results=10) >> model.rescorer(index), noexp
+        ),
     ]
     # the pipelines also run inside pt.Experiment directly
-    direct = pt.Experiment([s.pipeline for s in systems], topics, qrels, [R @ 1, RR @ 10], names=[s.name for s in systems])
+    direct = pt.Experiment(
+        [s.pipeline for s in systems], topics, qrels, [R @ 1, RR @ 10], names=[s.name for s in systems]
+    )
     assert direct["name"].tolist() == ["dense", "d2s-expanded", "d2s-noexp>>rescore"]
     table = compare(systems, topics, qrels, index=index, reference="dense")
     assert table["name"].tolist() == [s.name for s in systems]

@@ -32,7 +32,9 @@ def warn_unindexable_query_term(term: str) -> None:
     global _warned_case
     if not _warned_case and isinstance(term, str) and term != term.lower():
         _warned_case = True
-        logger.warning("query term %r is not lower-case; indexed terms are all lower-case, so it is ignored", term)
+        logger.warning(
+            "query term %r is not lower-case; indexed terms are all lower-case, so it is ignored", term
+        )
 
 
 @dataclass
@@ -67,7 +69,11 @@ class ForwardStore:
     @cached_property
     def term_max(self) -> dict[str, float]:
         """Largest document weight of each term (used by the quantisation error bound)."""
-        m = np.asarray(self.matrix.max(axis=0).todense()).ravel() if self.matrix.nnz else np.zeros(len(self.terms))
+        m = (
+            np.asarray(self.matrix.max(axis=0).todense()).ravel()
+            if self.matrix.nnz
+            else np.zeros(len(self.terms))
+        )
         return dict(zip(self.terms.tolist(), m.astype(np.float64).tolist(), strict=True))
 
     def rows(self, docnos: list[str] | np.ndarray) -> np.ndarray:
@@ -100,7 +106,11 @@ class ForwardStore:
                     warn_unindexable_query_term(term)
             indptr.append(len(cols))
         m = sp.csr_matrix(
-            (np.asarray(vals, dtype=np.float32), np.asarray(cols, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+            (
+                np.asarray(vals, dtype=np.float32),
+                np.asarray(cols, dtype=np.int64),
+                np.asarray(indptr, dtype=np.int64),
+            ),
             shape=(len(queries), len(self.terms)),
         )
         m.sum_duplicates()
@@ -121,7 +131,9 @@ class ForwardStore:
         terms = _read_lines(path / TERMS_FILE)
         docnos = _read_lines(path / DOCNOS_FILE)
         if matrix.shape != (len(docnos), len(terms)):
-            raise ValueError(f"corrupt forward store at {path}: {matrix.shape} vs {len(docnos)} docnos x {len(terms)} terms")
+            raise ValueError(
+                f"corrupt forward store at {path}: {matrix.shape} vs {len(docnos)} docnos x {len(terms)} terms"
+            )
         return cls(matrix, terms, docnos)
 
 
@@ -137,7 +149,9 @@ def _read_lines(path: Path) -> np.ndarray:
     return np.array(lines, dtype=str) if lines else np.array([], dtype=str)
 
 
-def write_pisa_collection(path: Path, matrix: sp.csr_matrix, terms: np.ndarray, docnos: np.ndarray, scale: float) -> dict:
+def write_pisa_collection(
+    path: Path, matrix: sp.csr_matrix, terms: np.ndarray, docnos: np.ndarray, scale: float
+) -> dict:
     """Write the quantised matrix as an uncompressed PISA collection, as pyterrier-pisa's toks indexer would.
 
     The files (``inv.docs/.freqs/.sizes``, ``fwd.documents/.terms`` and their binary lexicons) are
@@ -201,5 +215,7 @@ def write_pisa_collection(path: Path, matrix: sp.csr_matrix, terms: np.ndarray, 
     _pisathon.build_binlex(str(path / "fwd.documents"), str(path / "fwd.doclex"))
     _pisathon.build_binlex(str(path / "fwd.terms"), str(path / "fwd.termlex"))
     with open(path / "pt_meta.json", "w") as f:
-        json.dump({"type": "sparse_index", "format": "pisa", "package_hint": "pyterrier-pisa", "stemmer": "none"}, f)
+        json.dump(
+            {"type": "sparse_index", "format": "pisa", "package_hint": "pyterrier-pisa", "stemmer": "none"}, f
+        )
     return {"pisa_terms": int(len(order)), "pisa_postings": int(lens.sum())}

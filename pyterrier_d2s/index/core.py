@@ -40,7 +40,9 @@ def _check_term(term: str) -> None:
     if not term or term != term.strip() or any(c.isspace() for c in term):
         raise ValueError(f"term {term!r} is empty or contains whitespace; PISA cannot index it")
     if term != term.lower():
-        raise ValueError(f"term {term!r} is not lower-case; PISA lower-cases query terms, so it could never match")
+        raise ValueError(
+            f"term {term!r} is not lower-case; PISA lower-cases query terms, so it could never match"
+        )
 
 
 def _check_docno(docno: str) -> None:
@@ -149,7 +151,9 @@ class D2SIndex(pta.Artifact, pt.Indexer):
                 from the same head, so their weights have a similar scale).
             overwrite: replace an existing D2S index at ``path``.
         """
-        return D2SIndexer(self, scale=scale, max_mass_loss=max_mass_loss, query_scale=query_scale, overwrite=overwrite)
+        return D2SIndexer(
+            self, scale=scale, max_mass_loss=max_mass_loss, query_scale=query_scale, overwrite=overwrite
+        )
 
     def index_inputs(self) -> list[list[str]]:
         """Columns needed by :meth:`index`."""
@@ -210,7 +214,12 @@ class D2SIndex(pta.Artifact, pt.Indexer):
 
         if engine == "pisa":
             return D2SPisaRetriever(
-                self, num_results=num_results, algorithm=algorithm, threads=threads, toks_scale=toks_scale, verbose=verbose
+                self,
+                num_results=num_results,
+                algorithm=algorithm,
+                threads=threads,
+                toks_scale=toks_scale,
+                verbose=verbose,
             )
         if engine == "exact":
             return D2SExactRetriever(self, num_results=num_results, verbose=verbose)
@@ -233,13 +242,17 @@ class D2SIndex(pta.Artifact, pt.Indexer):
         q = fwd.query_matrix([dict(query_toks)])
         return np.asarray((fwd.matrix[rows] @ q.T).todense(), dtype=np.float64).ravel()
 
-    def query_mass_loss(self, queries: Iterable[Mapping[str, float]], toks_scale: float | None = None) -> float:
+    def query_mass_loss(
+        self, queries: Iterable[Mapping[str, float]], toks_scale: float | None = None
+    ) -> float:
         """Fraction of the query weight mass (on indexed terms) that truncation at ``toks_scale`` loses."""
         known = self.forward().term_index
         t = self.query_scale if toks_scale is None else float(toks_scale)
         return quantisation.mass_loss([w for q in queries for k, w in q.items() if k in known], t)
 
-    def choose_query_scale(self, queries: Iterable[Mapping[str, float]], max_mass_loss: float | None = None) -> float:
+    def choose_query_scale(
+        self, queries: Iterable[Mapping[str, float]], max_mass_loss: float | None = None
+    ) -> float:
         """Smallest query scale losing < ``max_mass_loss`` (default: the index's) of a sample of queries' mass."""
         known = self.forward().term_index
         target = self.meta["max_mass_loss"] if max_mass_loss is None else max_mass_loss
@@ -305,13 +318,20 @@ class D2SIndexer(pt.Indexer):
             indptr.append(len(cols))
         terms = np.array(list(term_ids), dtype=str) if term_ids else np.array([], dtype=str)
         matrix = sp.csr_matrix(
-            (np.asarray(vals, dtype=np.float32), np.asarray(cols, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+            (
+                np.asarray(vals, dtype=np.float32),
+                np.asarray(cols, dtype=np.int64),
+                np.asarray(indptr, dtype=np.int64),
+            ),
             shape=(len(docnos), len(terms)),
         )
         return self.index_matrix(docnos, matrix, terms)
 
     def index_matrix(
-        self, docnos: Sequence[str] | np.ndarray, matrix: sp.spmatrix | sp.sparray, terms: Sequence[str] | np.ndarray
+        self,
+        docnos: Sequence[str] | np.ndarray,
+        matrix: sp.spmatrix | sp.sparray,
+        terms: Sequence[str] | np.ndarray,
     ) -> D2SIndex:
         """Index a documents x terms matrix (see :meth:`D2SIndex.index_matrix`)."""
         started = time.perf_counter()
@@ -321,18 +341,26 @@ class D2SIndexer(pt.Indexer):
         matrix = sp.csr_matrix(matrix, dtype=np.float32)
         matrix.sum_duplicates()
         if matrix.shape != (len(docnos), len(terms)):
-            raise ValueError(f"matrix shape {matrix.shape} does not match {len(docnos)} docnos x {len(terms)} terms")
+            raise ValueError(
+                f"matrix shape {matrix.shape} does not match {len(docnos)} docnos x {len(terms)} terms"
+            )
         if len(docnos) == 0:
             raise ValueError("cannot build an index with no documents")
         self._validate(docnos, matrix, terms)
         matrix.eliminate_zeros()
 
-        doc_scale = float(self.scale) if self.scale is not None else quantisation.choose_scale(matrix.data, self.max_mass_loss)
+        doc_scale = (
+            float(self.scale)
+            if self.scale is not None
+            else quantisation.choose_scale(matrix.data, self.max_mass_loss)
+        )
         query_scale = float(self.query_scale) if self.query_scale is not None else doc_scale
         lost = quantisation.mass_loss(matrix.data, doc_scale)
         (logger.warning if lost >= self.max_mass_loss else logger.info)(
             "D2S index: document scale %g loses %.4f%% of the weight mass (limit %.4f%%)",
-            doc_scale, 100 * lost, 100 * self.max_mass_loss,
+            doc_scale,
+            100 * lost,
+            100 * self.max_mass_loss,
         )
 
         target = self._index.path
@@ -373,7 +401,13 @@ class D2SIndexer(pt.Indexer):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        logger.info("D2S index built at %s: %d docs, %d terms, %.1f s", target, meta["num_docs"], meta["num_terms"], meta["build_seconds"])
+        logger.info(
+            "D2S index built at %s: %d docs, %d terms, %.1f s",
+            target,
+            meta["num_docs"],
+            meta["num_terms"],
+            meta["build_seconds"],
+        )
         self._index._meta = None
         self._index._forward = None
         self._index._pisa = None
@@ -389,7 +423,9 @@ class D2SIndexer(pt.Indexer):
         if not any(target.iterdir()):
             return
         if not self.overwrite:
-            raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True to replace a D2S index")
+            raise FileExistsError(
+                f"{str(target)!r} already exists; pass overwrite=True to replace a D2S index"
+            )
         try:
             meta = json.loads((target / META_FILE).read_text())
         except (OSError, ValueError):
@@ -424,7 +460,9 @@ class D2SIndexer(pt.Indexer):
         # the temporary directory, so the finished index is complete (and usable read-only).
         from pyterrier_pisa import PisaIndex, PisaRetrieve
 
-        PisaRetrieve(PisaIndex(str(pisa_path), stemmer="none"), scorer="quantized", num_results=1, stops="none")
+        PisaRetrieve(
+            PisaIndex(str(pisa_path), stemmer="none"), scorer="quantized", num_results=1, stops="none"
+        )
 
     @staticmethod
     def _swap_into_place(tmp: Path, target: Path) -> None:

@@ -29,7 +29,9 @@ def _empty_result(inp: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"docno": object, "score": np.float64, "rank": np.int64})
 
 
-def _assemble(inp: pd.DataFrame, qpos: np.ndarray, docnos: np.ndarray, scores: np.ndarray, ranks: np.ndarray) -> pd.DataFrame:
+def _assemble(
+    inp: pd.DataFrame, qpos: np.ndarray, docnos: np.ndarray, scores: np.ndarray, ranks: np.ndarray
+) -> pd.DataFrame:
     """Result frame: the query columns of row ``qpos`` of ``inp`` + docno/score/rank."""
     if len(qpos) == 0:
         return _empty_result(inp)
@@ -95,7 +97,9 @@ class D2SPisaRetriever(pt.Transformer):
     def fuse_rank_cutoff(self, k: int) -> D2SPisaRetriever | None:
         """``retriever % k`` retrieves only k results."""
         if k < self.num_results:
-            return D2SPisaRetriever(self.index, k, self.algorithm, self.threads, self.toks_scale, self.verbose)
+            return D2SPisaRetriever(
+                self.index, k, self.algorithm, self.threads, self.toks_scale, self.verbose
+            )
         return None
 
     def transform_inputs(self) -> list[list[str]]:
@@ -137,7 +141,9 @@ class D2SPisaRetriever(pt.Transformer):
             logger.warning(
                 "query scale %g loses %.3f%% of this batch's query weight mass (limit %.3f%%); "
                 "pass toks_scale=index.choose_query_scale(sample) to the retriever",
-                t, 100 * lost, 100 * self.index.meta["max_mass_loss"],
+                t,
+                100 * lost,
+                100 * self.index.meta["max_mass_loss"],
             )
         qpos, docnos, scores = self._search(inp, quantised)
         # ranks restart at 0 for each query; results come grouped by query, best first
@@ -163,8 +169,17 @@ class D2SPisaRetriever(pt.Transformer):
             if self.verbose:
                 items = tqdm(items, desc="D2S PISA", unit="query")
             n = _pisathon.retrieve(
-                pisa._ctxt, self.algorithm, items, k=self.num_results, threads=self.threads, query_weighted=1,
-                pretokenised=True, result_qidxs=qidx, result_docnos=docnos, result_ranks=ranks, result_scores=scores,
+                pisa._ctxt,
+                self.algorithm,
+                items,
+                k=self.num_results,
+                threads=self.threads,
+                query_weighted=1,
+                pretokenised=True,
+                result_qidxs=qidx,
+                result_docnos=docnos,
+                result_ranks=ranks,
+                result_scores=scores,
             )
             qidx, docnos, scores = qidx[:n], docnos[:n], scores[:n]
             if self.threads > 1:  # threads may finish out of order
@@ -173,9 +188,15 @@ class D2SPisaRetriever(pt.Transformer):
             return qidx.astype(np.int64), docnos, scores.astype(np.float64)
         except (AttributeError, TypeError) as e:  # pragma: no cover - a pyterrier-pisa API change
             logger.debug("falling back to PisaRetrieve.transform: %s", e)
-            frame = pd.DataFrame({"qid": inp["qid"].to_numpy(), "query_toks": quantised, _POS: np.arange(len(inp))})
+            frame = pd.DataFrame(
+                {"qid": inp["qid"].to_numpy(), "query_toks": quantised, _POS: np.arange(len(inp))}
+            )
             res = pisa.transform(frame)
-            return res[_POS].to_numpy(), res["docno"].to_numpy(dtype=object), res["score"].to_numpy(dtype=np.float64)
+            return (
+                res[_POS].to_numpy(),
+                res["docno"].to_numpy(dtype=object),
+                res["score"].to_numpy(dtype=np.float64),
+            )
 
 
 class D2SExactRetriever(pt.Transformer):
@@ -239,7 +260,11 @@ class D2SExactRetriever(pt.Transformer):
             return _empty_result(inp)
         rows_ = np.concatenate(rows)
         return _assemble(
-            inp, np.concatenate(qpos), fwd.docnos[rows_].astype(object), np.concatenate(scores), np.concatenate(ranks)
+            inp,
+            np.concatenate(qpos),
+            fwd.docnos[rows_].astype(object),
+            np.concatenate(scores),
+            np.concatenate(ranks),
         )
 
 
@@ -283,7 +308,9 @@ class D2SScorer(pt.Transformer):
         scores = np.empty(len(inp), dtype=np.float64)
         for g in range(len(uniq)):
             members = by_query[bounds[g] : bounds[g + 1]]
-            q = fwd.query_matrix([inp["query_toks"].iat[members[0]]])  # query_toks of the first row of the qid
+            q = fwd.query_matrix(
+                [inp["query_toks"].iat[members[0]]]
+            )  # query_toks of the first row of the qid
             qdense[q.indices] = q.data
             scores[members] = fwd.matrix[rows[members]] @ qdense
             qdense[q.indices] = 0.0

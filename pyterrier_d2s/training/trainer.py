@@ -52,6 +52,7 @@ class TrainConfig:
     batch_size: int = 512
     lr_proj: float = 1e-3  # W1
     lr_vocab: float = 5e-5  # LayerNorm + W2 (initialised from vocabulary embeddings)
+    lr_vocab_bias: float | None = None  # W2's bias (starts at zero, not pre-trained); None: lr_vocab
     warmup_ratio: float = 0.2  # linear LR warm-up over this share of the steps, then linear decay
     l1_warmup: bool = True  # quadratic warm-up of the L1 weight over the same steps
     hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
@@ -184,9 +185,10 @@ class D2STrainer:
         optimizer = torch.optim.AdamW(
             [
                 {"params": list(head.proj.parameters()), "lr": cfg.lr_proj},
+                {"params": [*head.norm.parameters(), head.vocab_proj.weight], "lr": cfg.lr_vocab},
                 {
-                    "params": list(head.norm.parameters()) + list(head.vocab_proj.parameters()),
-                    "lr": cfg.lr_vocab,
+                    "params": [head.vocab_proj.bias],
+                    "lr": cfg.lr_vocab if cfg.lr_vocab_bias is None else cfg.lr_vocab_bias,
                 },
             ],
             betas=(0.9, 0.999),
