@@ -82,6 +82,16 @@ class D2S:
             vectors = self._dense("image", images or [])
         return self.head.encode(vectors, top_k=top_k, threshold=min_weight)
 
+    def top_terms(self, sparse: sp.csr_matrix, k: int = 10) -> list[list[tuple[str, float]]]:
+        """The ``k`` highest-weighted (token, weight) pairs of each row of a sparse matrix (paper Table 4)."""
+        out = []
+        for i in range(sparse.shape[0]):
+            lo, hi = sparse.indptr[i], sparse.indptr[i + 1]
+            idx, val = sparse.indices[lo:hi], sparse.data[lo:hi]
+            order = np.lexsort((idx, -val))[:k]
+            out.append([(self.vocab.tokens[idx[j]], float(val[j])) for j in order])
+        return out
+
     def _dense(self, kind: str, items: list) -> np.ndarray:
         if self.dense_encoder is None:
             column = "query_vec" if kind == "text" else "doc_vec"
