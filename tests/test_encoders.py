@@ -222,6 +222,17 @@ def test_fp16_request_on_cpu_computes_in_fp32(blip_dir, blip):
     np.testing.assert_array_equal(half.encode_text(TEXTS), blip.encode_text(TEXTS))
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast is only used on a GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gpu_half_precision_stays_close_to_fp32(blip_dir, photos, precision):
+    fp32 = BlipEncoder(blip_dir, device="cuda", precision="fp32", progress=False)
+    half = BlipEncoder(blip_dir, device="cuda", precision=precision, progress=False)
+    for a, b in ((half.encode_text(TEXTS), fp32.encode_text(TEXTS)), (half.encode_images(_paths(photos)), fp32.encode_images(_paths(photos)))):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+        assert (a * b).sum(axis=1).min() > 0.99
+
 @pytest.fixture()
 def bad_image(tmp_path) -> Path:
     p = tmp_path / "val2017" / "000042.jpg"

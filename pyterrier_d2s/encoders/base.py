@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +60,7 @@ class DenseEncoder(ABC):
             ``"bf16"`` or ``"fp32"``. Half precision is only ever used on a GPU: CPU autocast is slow and
             changes results, so CPU always computes in fp32.
         progress: show a tqdm bar when there is more than one batch.
+        num_workers: threads that decode images (the next batch is decoded while the model runs).
     """
 
     name: str = "dense-encoder"
@@ -68,6 +71,7 @@ class DenseEncoder(ABC):
         device: str | torch.device | None = None,
         precision: str = "auto",
         progress: bool = True,
+        num_workers: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -77,6 +81,7 @@ class DenseEncoder(ABC):
         self.device = resolve_device(device)
         self.precision = precision
         self.progress = progress
+        self.num_workers = num_workers or min(4, os.cpu_count() or 1)
 
     # -- what a backend provides ------------------------------------------------------------------------
     @property
@@ -158,23 +163,40 @@ class DenseEncoder(ABC):
         kept_ids: list[str] = []
         skipped: dict[str, str] = {}
         blocks = []
-        with self._bar(len(images), f"{self.name} images") as bar:
-            for start in range(0, len(images), self.batch_size):
+        starts = range(0, len(images), self.batch_size)
+
+        def load(start: int) -> list:
+            # Decoding is most of the CPU work; PIL releases the GIL while decoding, so threads overlap it.
+            # Failures come back as values so that one bad image does not lose the rest of its batch.
+            def one(k: int):
+                try:
+                    return load_image(images[k], ids[k])
+                except ImageError as e:
+                    return e
+
+            return list(pool.map(one, range(start, min(start + self.batch_size, len(images)))))
+
+        with ThreadPoolExecutor(self.num_workers) as pool, self._bar(len(images), f"{self.name} images") as bar:
+            # The next batch is decoded while the model runs on this one.
+            pending = pool.submit(load, starts[0]) if starts else None
+            for n, start in enumerate(starts):
+                loaded = pending.result()
+                pending = pool.submit(load, starts[n + 1]) if n + 1 < len(starts) else None
                 batch, batch_ids = [], []
-                for image, image_id in zip(
-                    images[start : start + self.batch_size], ids[start : start + self.batch_size], strict=True
-                ):
-                    try:
-                        batch.append(load_image(image, image_id))
-                        batch_ids.append(image_id)
-                    except ImageError as e:
+                for k, item in enumerate(loaded):
+                    if isinstance(item, ImageError):
                         if on_error == "raise":
-                            raise
-                        skipped[image_id] = str(e)
+                            if pending is not None:
+                                pending.cancel()
+                            raise item
+                        skipped[ids[start + k]] = str(item)
+                    else:
+                        batch.append(item)
+                        batch_ids.append(ids[start + k])
                 if batch:
                     blocks.append(self._run(self._image_batch, batch))
                     kept_ids.extend(batch_ids)
-                bar.update(min(self.batch_size, len(images) - start))
+                bar.update(len(loaded))
         if skipped:
             shown = ", ".join(repr(i) for i in list(skipped)[:10]) + (" ..." if len(skipped) > 10 else "")
             logger.warning("skipped %d unreadable image(s): %s", len(skipped), shown)

@@ -54,7 +54,7 @@ class LavisEncoder(DenseEncoder):
     Args:
         name: ``lavis:blip_retrieval/coco``, ``lavis:blip_retrieval/flickr``, ``lavis:albef_retrieval/coco``
             or ``lavis:albef_retrieval/flickr``.
-        batch_size, device, precision, progress: see :class:`DenseEncoder`.
+        batch_size, device, precision, progress, num_workers: see :class:`DenseEncoder`.
     """
 
     def __init__(
@@ -64,9 +64,12 @@ class LavisEncoder(DenseEncoder):
         device: str | torch.device | None = None,
         precision: str = "auto",
         progress: bool = True,
+        num_workers: int | None = None,
     ):
         model_name, model_type = parse_lavis_name(name)
-        super().__init__(batch_size=batch_size, device=device, precision=precision, progress=progress)
+        super().__init__(
+            batch_size=batch_size, device=device, precision=precision, progress=progress, num_workers=num_workers
+        )
         load_model_and_preprocess = _import_lavis()
         self.name = f"lavis:{model_name}/{model_type}"
         self.model, vis, txt = load_model_and_preprocess(

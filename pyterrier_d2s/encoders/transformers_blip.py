@@ -30,7 +30,7 @@ class BlipEncoder(DenseEncoder):
             (with its tokenizer and image processor).
         max_length: truncate captions to this many tokens (default: the model's limit).
         image_backend: ``"pil"`` (default) or ``"torchvision"`` image processor; ``None``: transformers' choice.
-        batch_size, device, precision, progress: see :class:`DenseEncoder`.
+        batch_size, device, precision, progress, num_workers: see :class:`DenseEncoder`.
     """
 
     def __init__(
@@ -40,10 +40,13 @@ class BlipEncoder(DenseEncoder):
         device: str | torch.device | None = None,
         precision: str = "auto",
         progress: bool = True,
+        num_workers: int | None = None,
         max_length: int | None = None,
         image_backend: str | None = "pil",
     ):
-        super().__init__(batch_size=batch_size, device=device, precision=precision, progress=progress)
+        super().__init__(
+            batch_size=batch_size, device=device, precision=precision, progress=progress, num_workers=num_workers
+        )
         from transformers import BlipForImageTextRetrieval
 
         self.name = str(name_or_dir)

@@ -20,7 +20,7 @@ class ClipEncoder(DenseEncoder):
         name_or_dir: e.g. ``openai/clip-vit-base-patch16`` or a ``save_pretrained`` directory.
         max_length: truncate captions to this many tokens (default: the model's limit, 77 for OpenAI CLIP).
         image_backend: ``"pil"`` (default) or ``"torchvision"`` image processor; ``None``: transformers' choice.
-        batch_size, device, precision, progress: see :class:`DenseEncoder`.
+        batch_size, device, precision, progress, num_workers: see :class:`DenseEncoder`.
     """
 
     def __init__(
@@ -30,10 +30,13 @@ class ClipEncoder(DenseEncoder):
         device: str | torch.device | None = None,
         precision: str = "auto",
         progress: bool = True,
+        num_workers: int | None = None,
         max_length: int | None = None,
         image_backend: str | None = "pil",
     ):
-        super().__init__(batch_size=batch_size, device=device, precision=precision, progress=progress)
+        super().__init__(
+            batch_size=batch_size, device=device, precision=precision, progress=progress, num_workers=num_workers
+        )
         from transformers import CLIPModel
 
         self.name = str(name_or_dir)
