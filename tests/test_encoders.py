@@ -324,6 +324,7 @@ def test_d2s_encode_writes_a_vectors_dir_equal_to_fresh_vectors(blip_dir, photos
     assert report["encoded_images"] == 3 and report["resumed_images"] == 0 and report["skipped_images"] == []
     _assert_matches_reference(out, reference)
     assert json.loads((out / "encoder.json").read_text())["dense_encoder"] == str(blip_dir)
+    assert load_pairs(out).meta["dense_encoder"] == str(blip_dir)  # what d2s train records in the head
     # the cached vectors serve as an encoder too
     pre = load_encoder(out)
     assert isinstance(pre, PrecomputedEncoder)
