@@ -444,3 +444,17 @@ def test_karpathy_captions_and_image_lists(blip_dir, photos, reference, tmp_path
     (photos / "list.txt").write_text("".join(f"{n}\timages/{n}.jpg\n" for n in sorted(PHOTOS)))
     items, _ = read_encode_inputs(photos / "list.txt", photos / "captions.jsonl")
     assert [(i.image_id, i.path) for i in items] == [(n, photos / "images" / f"{n}.jpg") for n in sorted(PHOTOS)]
+
+
+def test_a_d2s_model_encodes_raw_texts_and_images_through_its_encoder(blip, photos, vocab):
+    from pyterrier_d2s.head import D2SHead, D2SHeadConfig
+    from pyterrier_d2s.model import D2S
+
+    head = D2SHead(D2SHeadConfig(input_dim=blip.dim, hidden_dim=16, init="random"), vocab=vocab)
+    model = D2S(head, dense_encoder=blip)
+    texts = model.encode_texts(TEXTS[:2])
+    np.testing.assert_allclose(
+        texts.toarray(), model.encode_texts(TEXTS[:2], vectors=blip.encode_text(TEXTS[:2])).toarray(), atol=1e-6
+    )
+    images = model.encode_images(images=_paths(photos))
+    assert images.shape == (3, len(vocab)) and images.nnz > 0
