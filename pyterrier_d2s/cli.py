@@ -334,6 +334,47 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         "terms": explained,
         "seconds": round(time.perf_counter() - started, 1),
     }
+def _add_encode(sub) -> None:
+    p = sub.add_parser(
+        "encode", help="encode images and captions with a dense model into a vectors directory (resumable)"
+    )
+    p.add_argument("--encoder", required=True, help="transformers BLIP/CLIP name or dir, or lavis:<model>/<type>")
+    p.add_argument("--images", required=True, help="image directory, or a .jsonl (image_id, file) / text list")
+    p.add_argument(
+        "--captions", required=True, help="JSONL (caption_id, image_id, caption) or Karpathy dataset_meta.json"
+    )
+    p.add_argument("--out", required=True, help="vectors directory to write (an unfinished run there resumes)")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
+    p.add_argument("--chunk-size", type=int, default=1024, help="items per committed chunk (at most lost on a kill)")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable images (and their captions) out")
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"], help="GPU autocast")
+    p.add_argument("--overwrite", action="store_true", help="start afresh, removing what is at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_encode(args: argparse.Namespace) -> dict:
+    from .encoders import load_encoder
+    from .encoders.cache import encode_vectors_dir
+    from .encoders.inputs import read_encode_inputs
+
+    images, captions = read_encode_inputs(args.images, args.captions)
+    encoder = load_encoder(args.encoder, batch_size=args.batch_size, device=args.device, precision=args.precision)
+    summary = encode_vectors_dir(
+        encoder,
+        images,
+        captions,
+        args.out,
+        chunk_size=args.chunk_size,
+        on_error="skip" if args.skip_bad_images else "raise",
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if summary.skipped_images:
+        print(f"skipped {len(summary.skipped_images)} unreadable image(s):", file=sys.stderr)
+        for reason in summary.skipped_images.values():
+            print(f"  {reason}", file=sys.stderr)
+    return summary.as_dict()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_search(sub)
     _add_demo(sub)
+    _add_encode(sub)
     return parser
 
 
@@ -363,10 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": cmd_evaluate,
             "search": cmd_search,
             "demo": cmd_demo,
+            "encode": cmd_encode,
         }
         report = commands[args.command](args)
         print(json.dumps(report))
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
         print(f"d2s {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -2,7 +2,8 @@
 
 ``images.jsonl`` (``image_id``, optional ``split``, anything else) + ``image_vectors.npy``, and
 ``captions.jsonl`` (``caption_id``, ``image_id``, ``caption``) + ``caption_vectors.npy``, rows aligned line by
-line. Written by ``d2s encode`` and read here.
+line. Written by ``d2s encode`` and read here; ``d2s encode`` also writes ``encoder.json``, whose
+``dense_encoder`` (the model the vectors came from) ends up in ``meta["dense_encoder"]``.
 """
 
 from __future__ import annotations
@@ -78,5 +79,14 @@ def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> P
         caption_vectors=np.ascontiguousarray(cv, dtype=np.float32),
         image_split=split,
         name=name or str(d),
-        meta={"images": images},
+        meta=_meta(d, images),
     ).validate()
+
+
+def _meta(d: Path, images: list[dict]) -> dict:
+    meta: dict = {"images": images}
+    encoder_file = d / "encoder.json"
+    if encoder_file.is_file():
+        # so that a head trained on these vectors records which dense model it needs at query time
+        meta["dense_encoder"] = json.loads(encoder_file.read_text(encoding="utf-8")).get("dense_encoder")
+    return meta
