@@ -204,6 +204,9 @@ def _add_search(sub) -> None:
     p.add_argument("--qid", help="caption id in --data to use as the query")
     p.add_argument("-k", "--num-results", type=int, default=10)
     p.add_argument("--no-expansion", action="store_true", help="search with the caption's own terms only")
+    p.add_argument(
+        "--encoder", default=None, help="dense text encoder for text queries (default: the one the head records)"
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:
@@ -213,7 +216,10 @@ def cmd_search(args: argparse.Namespace) -> list[dict]:
     from .index import D2SIndex
     from .model import D2S
 
-    model = D2S.from_pretrained(args.model)
+    encoder = args.encoder
+    if encoder is None and args.qid is None:
+        encoder = "auto"  # a text query needs the dense model the head was trained on
+    model = D2S.from_pretrained(args.model, dense_encoder=encoder)
     if args.qid is not None:
         if args.data is None:
             raise ValueError("--qid needs --data")

@@ -40,9 +40,28 @@ class D2S:
         self.dense_encoder = dense_encoder
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, device: str | torch.device = "cpu") -> D2S:
-        """Load a head saved by ``save_pretrained`` / ``d2s train`` (config.json + safetensors + vocab.txt)."""
-        return cls(D2SHead.from_pretrained(name_or_dir, device=device))
+    def from_pretrained(
+        cls,
+        name_or_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dense_encoder: Any | None = None,
+    ) -> D2S:
+        """Load a head saved by ``save_pretrained`` / ``d2s train`` (config.json + safetensors + vocab.txt).
+
+        ``dense_encoder``: ``None`` (vectors must come with the frames), an encoder object, a name or
+        directory for :func:`pyterrier_d2s.encoders.load_encoder`, or ``"auto"`` for the encoder recorded in
+        the head's config (the one it was trained on).
+        """
+        head = D2SHead.from_pretrained(name_or_dir, device=device)
+        if dense_encoder == "auto":
+            dense_encoder = head.config.dense_encoder
+            if dense_encoder is None:
+                raise ValueError(f"{name_or_dir}: the head records no dense encoder; pass one explicitly")
+        if isinstance(dense_encoder, (str, os.PathLike)):
+            from .encoders import load_encoder
+
+            dense_encoder = load_encoder(str(dense_encoder), device=device)
+        return cls(head, dense_encoder=dense_encoder)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.head.save_pretrained(Path(directory))
