@@ -120,7 +120,8 @@ def compare(
     """Run, time and evaluate every system; one row per system.
 
     Columns: ``name``, the measures (ir_measures names, through ``pt.Experiment``), ``flops``, ``q_nnz``,
-    ``ms_per_query``, ``overlap@10`` and ``rho-<measure>`` against ``reference`` (a system name).
+    ``d_nnz`` (mean non-zeros of queries / indexed documents), ``ms_per_query``, ``overlap@10`` and
+    ``rho-<measure>`` against ``reference`` (a system name).
     """
     runs, rows = {}, []
     for system in systems:
@@ -133,6 +134,8 @@ def compare(
             row["q_nnz"] = (
                 float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0
             )
+            docs = index.forward().matrix
+            row["d_nnz"] = float(docs.nnz) / max(1, docs.shape[0])
         rows.append(row)
     table = pt.Experiment(
         list(runs.values()), topics, qrels, eval_metrics=list(measures), names=list(runs), verbose=False
@@ -145,6 +148,6 @@ def compare(
         for n_i, name in enumerate(out["name"]):
             for m, rho in per_query_pearson(runs[name], ref, qrels, measures).items():
                 out.loc[n_i, f"rho-{m}"] = rho
-    cols = ["name", *[str(m) for m in measures], "flops", "q_nnz", "ms_per_query"]
+    cols = ["name", *[str(m) for m in measures], "flops", "q_nnz", "d_nnz", "ms_per_query"]
     cols += [c for c in out.columns if c not in cols]
     return out[[c for c in cols if c in out.columns]]

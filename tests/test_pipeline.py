@@ -199,6 +199,17 @@ def test_experiment_compares_dense_and_sparse(model, index, data, tmp_path):
     assert table.loc[0, "R@1"] == pytest.approx(np.mean(scores.argmax(1) == data.caption_image[:60]))
     assert table.loc[0, "overlap@10"] == 1.0 and table.loc[0, "rho-R@1"] == pytest.approx(1.0)
     assert np.isnan(table.loc[0, "flops"]) and table.loc[1, "flops"] > 0
+    assert table.loc[1, "d_nnz"] == pytest.approx(model.head.encode(data.image_vectors).nnz / 500)
+
+
+def test_dense_hnsw_baseline_agrees_with_exact(data, tmp_path):
+    pytest.importorskip("faiss")
+    topics = data.topics().head(50)
+    dense = dense_flex_index(tmp_path / "dense.flex", data.corpus_iter())
+    exact = dense.np_retriever(num_results=1)(topics)
+    hnsw = dense.faiss_hnsw_retriever(num_results=1, ef_search=64)(topics)
+    agree = (exact.sort_values("qid")["docno"].to_numpy() == hnsw.sort_values("qid")["docno"].to_numpy()).mean()
+    assert agree >= 0.96  # approximate search, 500 vectors, ef_search 64
 
 
 def test_query_flops_equals_pairwise_count(model, index, data):
