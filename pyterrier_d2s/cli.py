@@ -205,7 +205,9 @@ def _add_search(sub) -> None:
     p.add_argument("-k", "--num-results", type=int, default=10)
     p.add_argument("--no-expansion", action="store_true", help="search with the caption's own terms only")
     p.add_argument(
-        "--encoder", default=None, help="dense text encoder for text queries (default: the one the head records)"
+        "--encoder",
+        default=None,
+        help="dense text encoder for text queries (default: the one the head records)",
     )
 
 
@@ -340,21 +342,37 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         "terms": explained,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
 def _add_encode(sub) -> None:
     p = sub.add_parser(
         "encode", help="encode images and captions with a dense model into a vectors directory (resumable)"
     )
-    p.add_argument("--encoder", required=True, help="transformers BLIP/CLIP name or dir, or lavis:<model>/<type>")
-    p.add_argument("--images", required=True, help="image directory, or a .jsonl (image_id, file) / text list")
     p.add_argument(
-        "--captions", required=True, help="JSONL (caption_id, image_id, caption) or Karpathy dataset_meta.json"
+        "--encoder", required=True, help="transformers BLIP/CLIP name or dir, or lavis:<model>/<type>"
     )
-    p.add_argument("--out", required=True, help="vectors directory to write (an unfinished run there resumes)")
+    p.add_argument(
+        "--images", required=True, help="image directory, or a .jsonl (image_id, file) / text list"
+    )
+    p.add_argument(
+        "--captions",
+        required=True,
+        help="JSONL (caption_id, image_id, caption) or Karpathy dataset_meta.json",
+    )
+    p.add_argument(
+        "--out", required=True, help="vectors directory to write (an unfinished run there resumes)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
-    p.add_argument("--chunk-size", type=int, default=1024, help="items per committed chunk (at most lost on a kill)")
-    p.add_argument("--skip-bad-images", action="store_true", help="leave unreadable images (and their captions) out")
+    p.add_argument(
+        "--chunk-size", type=int, default=1024, help="items per committed chunk (at most lost on a kill)"
+    )
+    p.add_argument(
+        "--skip-bad-images", action="store_true", help="leave unreadable images (and their captions) out"
+    )
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"], help="GPU autocast")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"], help="GPU autocast"
+    )
     p.add_argument("--overwrite", action="store_true", help="start afresh, removing what is at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -365,7 +383,9 @@ def cmd_encode(args: argparse.Namespace) -> dict:
     from .encoders.inputs import read_encode_inputs
 
     images, captions = read_encode_inputs(args.images, args.captions)
-    encoder = load_encoder(args.encoder, batch_size=args.batch_size, device=args.device, precision=args.precision)
+    encoder = load_encoder(
+        args.encoder, batch_size=args.batch_size, device=args.device, precision=args.precision
+    )
     summary = encode_vectors_dir(
         encoder,
         images,

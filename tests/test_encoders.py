@@ -68,8 +68,13 @@ def blip_dir(tmp_path_factory) -> Path:
     tok = _bert_tokenizer()
     config = BlipConfig(
         text_config=dict(
-            vocab_size=len(tok), max_position_embeddings=64, encoder_hidden_size=32,
-            bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id, **TINY,
+            vocab_size=len(tok),
+            max_position_embeddings=64,
+            encoder_hidden_size=32,
+            bos_token_id=tok.cls_token_id,
+            pad_token_id=tok.pad_token_id,
+            sep_token_id=tok.sep_token_id,
+            **TINY,
         ),
         vision_config=dict(image_size=32, patch_size=16, **TINY),
         image_text_hidden_size=16,
@@ -91,8 +96,12 @@ def clip_dir(tmp_path_factory) -> Path:
     config = CLIPConfig(
         # eos = [SEP]: CLIP pools the text at its end-of-text token
         text_config=dict(
-            vocab_size=len(tok), max_position_embeddings=64, bos_token_id=tok.cls_token_id,
-            eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, **TINY,
+            vocab_size=len(tok),
+            max_position_embeddings=64,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+            **TINY,
         ),
         vision_config=dict(image_size=32, patch_size=16, **TINY),
         projection_dim=24,
@@ -102,7 +111,9 @@ def clip_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny-clip")
     model.save_pretrained(d)
     tok.save_pretrained(d)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        d
+    )
     return d
 
 
@@ -145,9 +156,9 @@ def test_load_encoder_picks_the_backend_from_config(blip_dir, clip_dir, blip):
 def test_unsupported_model_type_is_refused(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
-        tmp_path
-    )
+    BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
         load_encoder(tmp_path)
 
@@ -184,8 +195,10 @@ def test_blip_cosines_equal_the_models_own_itc_scores(blip_dir, blip, photos):
     inputs = processor(images=images, text=TEXTS[:3], padding=True, return_tensors="pt")
     with torch.no_grad():
         itc = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-            pixel_values=inputs["pixel_values"], use_itm_head=False,
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"],
+            use_itm_head=False,
         ).itm_score.numpy()
     ours = blip.encode_images(images) @ blip.encode_text(TEXTS[:3]).T
     assert itc.shape == (3, 3) and itc.std() > 1e-3
@@ -222,16 +235,19 @@ def test_fp16_request_on_cpu_computes_in_fp32(blip_dir, blip):
     np.testing.assert_array_equal(half.encode_text(TEXTS), blip.encode_text(TEXTS))
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast is only used on a GPU")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_gpu_half_precision_stays_close_to_fp32(blip_dir, photos, precision):
     fp32 = BlipEncoder(blip_dir, device="cuda", precision="fp32", progress=False)
     half = BlipEncoder(blip_dir, device="cuda", precision=precision, progress=False)
-    for a, b in ((half.encode_text(TEXTS), fp32.encode_text(TEXTS)), (half.encode_images(_paths(photos)), fp32.encode_images(_paths(photos)))):
+    for a, b in (
+        (half.encode_text(TEXTS), fp32.encode_text(TEXTS)),
+        (half.encode_images(_paths(photos)), fp32.encode_images(_paths(photos))),
+    ):
         assert a.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
         assert (a * b).sum(axis=1).min() > 0.99
+
 
 @pytest.fixture()
 def bad_image(tmp_path) -> Path:
@@ -243,7 +259,9 @@ def bad_image(tmp_path) -> Path:
 
 def test_unreadable_images_raise_an_error_naming_docno_and_file(blip, photos, bad_image):
     good = _paths(photos)
-    with pytest.raises(ImageError, match=r"image '42' \(.*val2017/000042\.jpg\): cannot identify image file") as e:
+    with pytest.raises(
+        ImageError, match=r"image '42' \(.*val2017/000042\.jpg\): cannot identify image file"
+    ) as e:
         blip.encode_images([good[0], bad_image, good[1]], ids=["1", "42", "7"])
     assert e.value.image_id == "42" and e.value.source.endswith("000042.jpg")
     with pytest.raises(ImageError, match=r"image 'gone' \(.*missing\.jpg\): no such file"):
@@ -256,7 +274,9 @@ def test_unreadable_images_raise_an_error_naming_docno_and_file(blip, photos, ba
 
 def test_skip_mode_keeps_the_rest_of_the_batch_and_reports(blip, photos, bad_image, caplog):
     good = _paths(photos)
-    result = blip.encode_images_with_ids([good[0], bad_image, good[1], good[2]], ids=["a", "42", "b", "c"], on_error="skip")
+    result = blip.encode_images_with_ids(
+        [good[0], bad_image, good[1], good[2]], ids=["a", "42", "b", "c"], on_error="skip"
+    )
     assert result.ids == ["a", "b", "c"]
     assert list(result.skipped) == ["42"] and "000042.jpg" in result.skipped["42"]
     np.testing.assert_allclose(result.vectors, blip.encode_images(good), atol=1e-6)
@@ -290,8 +310,19 @@ def _run_cli(argv: list[str], capsys) -> dict:
 
 def _encode_argv(blip_dir, photos, out, *extra) -> list[str]:
     return [
-        "encode", "--encoder", str(blip_dir), "--images", str(photos / "images"), "--captions",
-        str(photos / "captions.jsonl"), "--out", str(out), "--batch-size", "2", "--quiet", *extra,
+        "encode",
+        "--encoder",
+        str(blip_dir),
+        "--images",
+        str(photos / "images"),
+        "--captions",
+        str(photos / "captions.jsonl"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--quiet",
+        *extra,
     ]
 
 
@@ -317,7 +348,9 @@ def _assert_matches_reference(out: Path, reference: dict) -> None:
     assert not (out / WORK_DIR).exists()
 
 
-def test_d2s_encode_writes_a_vectors_dir_equal_to_fresh_vectors(blip_dir, photos, reference, tmp_path, capsys):
+def test_d2s_encode_writes_a_vectors_dir_equal_to_fresh_vectors(
+    blip_dir, photos, reference, tmp_path, capsys
+):
     out = tmp_path / "vectors"
     report = _run_cli(_encode_argv(blip_dir, photos, out, "--chunk-size", "2"), capsys)
     assert report["images"] == 3 and report["captions"] == 4 and report["dim"] == 16
@@ -363,14 +396,19 @@ def test_an_interrupted_encode_resumes_without_loss_or_duplicates(blip_dir, phot
     seen: list[str] = []
     resumed = load_encoder(blip_dir, batch_size=2, progress=False)
     encode_images = resumed.encode_images_with_ids
-    resumed.encode_images_with_ids = lambda imgs, ids, **kw: (seen.extend(ids), encode_images(imgs, ids, **kw))[1]
+    resumed.encode_images_with_ids = lambda imgs, ids, **kw: (
+        seen.extend(ids),
+        encode_images(imgs, ids, **kw),
+    )[1]
     summary = encode_vectors_dir(resumed, images, captions, out, chunk_size=2, progress=False)
     assert seen == ["chelsea", "coffee"]  # the committed image is not encoded again
     assert (summary.resumed_images, summary.encoded_images, summary.images) == (1, 2, 3)
     _assert_matches_reference(out, reference)
 
 
-def test_a_sigkilled_encode_resumes_to_the_uninterrupted_result(blip_dir, photos, reference, tmp_path, capsys):
+def test_a_sigkilled_encode_resumes_to_the_uninterrupted_result(
+    blip_dir, photos, reference, tmp_path, capsys
+):
     out = tmp_path / "vectors"
     # A real kill: the process SIGKILLs itself right after its first committed chunk (no cleanup runs).
     script = textwrap.dedent(
@@ -409,10 +447,22 @@ def test_skip_bad_images_in_d2s_encode(blip_dir, photos, reference, tmp_path, ca
     captions = tmp_path / "captions.jsonl"
     captions.write_text(
         (photos / "captions.jsonl").read_text()
-        + json.dumps({"caption_id": "broken-0", "image_id": "broken", "caption": "nothing"}) + "\n"
+        + json.dumps({"caption_id": "broken-0", "image_id": "broken", "caption": "nothing"})
+        + "\n"
     )
-    argv = ["encode", "--encoder", str(blip_dir), "--images", str(images), "--captions", str(captions),
-            "--batch-size", "2", "--quiet", "--out"]
+    argv = [
+        "encode",
+        "--encoder",
+        str(blip_dir),
+        "--images",
+        str(images),
+        "--captions",
+        str(captions),
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+    ]
     from pyterrier_d2s.cli import main
 
     assert main([*argv, str(tmp_path / "strict")]) == 2
@@ -425,15 +475,30 @@ def test_skip_bad_images_in_d2s_encode(blip_dir, photos, reference, tmp_path, ca
 def test_karpathy_captions_and_image_lists(blip_dir, photos, reference, tmp_path, capsys):
     meta = {
         "images": [
-            {"imgid": k, "filepath": "images", "filename": f"{n}.jpg", "split": "test" if k else "train",
-             "sentences": [{"sentid": 10 * k + j, "raw": t} for j, t in enumerate(CAPTIONS[n])]}
+            {
+                "imgid": k,
+                "filepath": "images",
+                "filename": f"{n}.jpg",
+                "split": "test" if k else "train",
+                "sentences": [{"sentid": 10 * k + j, "raw": t} for j, t in enumerate(CAPTIONS[n])],
+            }
             for k, n in enumerate(sorted(PHOTOS))
         ]
     }
     (tmp_path / "dataset_meta.json").write_text(json.dumps(meta))
     report = _run_cli(
-        ["encode", "--encoder", str(blip_dir), "--images", str(photos), "--captions",
-         str(tmp_path / "dataset_meta.json"), "--out", str(tmp_path / "k"), "--quiet"],
+        [
+            "encode",
+            "--encoder",
+            str(blip_dir),
+            "--images",
+            str(photos),
+            "--captions",
+            str(tmp_path / "dataset_meta.json"),
+            "--out",
+            str(tmp_path / "k"),
+            "--quiet",
+        ],
         capsys,
     )
     assert report["images"] == 3
@@ -443,7 +508,9 @@ def test_karpathy_captions_and_image_lists(blip_dir, photos, reference, tmp_path
     # a text list (id<TAB>path) gives the same images
     (photos / "list.txt").write_text("".join(f"{n}\timages/{n}.jpg\n" for n in sorted(PHOTOS)))
     items, _ = read_encode_inputs(photos / "list.txt", photos / "captions.jsonl")
-    assert [(i.image_id, i.path) for i in items] == [(n, photos / "images" / f"{n}.jpg") for n in sorted(PHOTOS)]
+    assert [(i.image_id, i.path) for i in items] == [
+        (n, photos / "images" / f"{n}.jpg") for n in sorted(PHOTOS)
+    ]
 
 
 def test_a_d2s_model_encodes_raw_texts_and_images_through_its_encoder(blip, photos, vocab):
@@ -454,7 +521,9 @@ def test_a_d2s_model_encodes_raw_texts_and_images_through_its_encoder(blip, phot
     model = D2S(head, dense_encoder=blip)
     texts = model.encode_texts(TEXTS[:2])
     np.testing.assert_allclose(
-        texts.toarray(), model.encode_texts(TEXTS[:2], vectors=blip.encode_text(TEXTS[:2])).toarray(), atol=1e-6
+        texts.toarray(),
+        model.encode_texts(TEXTS[:2], vectors=blip.encode_text(TEXTS[:2])).toarray(),
+        atol=1e-6,
     )
     images = model.encode_images(images=_paths(photos))
     assert images.shape == (3, len(vocab)) and images.nnz > 0

@@ -208,7 +208,9 @@ def test_dense_hnsw_baseline_agrees_with_exact(data, tmp_path):
     dense = dense_flex_index(tmp_path / "dense.flex", data.corpus_iter())
     exact = dense.np_retriever(num_results=1)(topics)
     hnsw = dense.faiss_hnsw_retriever(num_results=1, ef_search=64)(topics)
-    agree = (exact.sort_values("qid")["docno"].to_numpy() == hnsw.sort_values("qid")["docno"].to_numpy()).mean()
+    agree = (
+        exact.sort_values("qid")["docno"].to_numpy() == hnsw.sort_values("qid")["docno"].to_numpy()
+    ).mean()
     assert agree >= 0.96  # approximate search, 500 vectors, ef_search 64
 
 

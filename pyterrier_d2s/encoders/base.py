@@ -118,7 +118,12 @@ class DenseEncoder(ABC):
         return out.cpu().numpy().astype(np.float32, copy=False)
 
     def _bar(self, total: int, desc: str):
-        return tqdm(total=total, desc=desc, unit=desc.split()[-1], disable=not self.progress or total <= self.batch_size)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=desc.split()[-1],
+            disable=not self.progress or total <= self.batch_size,
+        )
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 vectors (len(texts), dim) of captions / queries."""
@@ -176,7 +181,10 @@ class DenseEncoder(ABC):
 
             return list(pool.map(one, range(start, min(start + self.batch_size, len(images)))))
 
-        with ThreadPoolExecutor(self.num_workers) as pool, self._bar(len(images), f"{self.name} images") as bar:
+        with (
+            ThreadPoolExecutor(self.num_workers) as pool,
+            self._bar(len(images), f"{self.name} images") as bar,
+        ):
             # The next batch is decoded while the model runs on this one.
             pending = pool.submit(load, starts[0]) if starts else None
             for n, start in enumerate(starts):

@@ -214,7 +214,9 @@ def encode_vectors_dir(
         summary.resumed_images = len(images) - len(todo)
         if summary.resumed_images:
             logger.info("resuming: %d of %d images already encoded", summary.resumed_images, len(images))
-        with tqdm(total=len(images), initial=summary.resumed_images, desc="images", disable=not progress) as bar:
+        with tqdm(
+            total=len(images), initial=summary.resumed_images, desc="images", disable=not progress
+        ) as bar:
             for start in range(0, len(todo), chunk_size):
                 chunk = todo[start : start + chunk_size]
                 result = encoder.encode_images_with_ids(
@@ -232,7 +234,9 @@ def encode_vectors_dir(
         done = caption_log.done()
         todo_c = [c for c in kept_captions if c["caption_id"] not in done]
         summary.resumed_captions = len(kept_captions) - len(todo_c)
-        with tqdm(total=len(kept_captions), initial=summary.resumed_captions, desc="captions", disable=not progress) as bar:
+        with tqdm(
+            total=len(kept_captions), initial=summary.resumed_captions, desc="captions", disable=not progress
+        ) as bar:
             for start in range(0, len(todo_c), chunk_size):
                 chunk = todo_c[start : start + chunk_size]
                 vectors = encoder.encode_text([c["caption"] for c in chunk])
@@ -249,7 +253,9 @@ def encode_vectors_dir(
     kept_images = [item for item in images if item.image_id not in skipped]
     image_log.vectors_in_order([i.image_id for i in kept_images], out / "image_vectors.npy", encoder.dim)
     _write_jsonl(out / "images.jsonl", [i.record for i in kept_images])
-    caption_log.vectors_in_order([c["caption_id"] for c in kept_captions], out / "caption_vectors.npy", encoder.dim)
+    caption_log.vectors_in_order(
+        [c["caption_id"] for c in kept_captions], out / "caption_vectors.npy", encoder.dim
+    )
     _write_jsonl(out / "captions.jsonl", list(kept_captions))
     meta = {"dense_encoder": encoder.name, "dim": encoder.dim, "skipped_images": skipped}
     _write_atomic(out / "encoder.json", lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
@@ -260,7 +266,9 @@ def encode_vectors_dir(
     if skipped:
         logger.warning(
             "%d image(s) could not be read and were left out, with their %d caption(s): %s",
-            len(skipped), summary.dropped_captions, ", ".join(repr(i) for i in sorted(skipped)[:10]),
+            len(skipped),
+            summary.dropped_captions,
+            ", ".join(repr(i) for i in sorted(skipped)[:10]),
         )
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary

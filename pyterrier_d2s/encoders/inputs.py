@@ -18,7 +18,14 @@ from pathlib import Path
 from ..data.pairs import DataError
 from ..data.vectors_dir import read_jsonl
 
-__all__ = ["ImageItem", "IMAGE_SUFFIXES", "read_image_dir", "read_image_list", "read_captions", "read_encode_inputs"]
+__all__ = [
+    "ImageItem",
+    "IMAGE_SUFFIXES",
+    "read_image_dir",
+    "read_image_list",
+    "read_captions",
+    "read_encode_inputs",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -65,7 +72,9 @@ def read_image_list(path: str | os.PathLike) -> list[ImageItem]:
                 continue
             image_id, _, file = line.rpartition("\t")
             image_id = image_id.strip() or Path(file).stem
-            items.append(ImageItem(image_id, base / file.strip(), {"image_id": image_id, "file": file.strip()}))
+            items.append(
+                ImageItem(image_id, base / file.strip(), {"image_id": image_id, "file": file.strip()})
+            )
     return items
 
 
@@ -74,9 +83,13 @@ def _karpathy(meta: dict, path: Path) -> tuple[list[dict], list[dict]]:
     for image in meta["images"]:
         iid = str(image["imgid"])
         file = "/".join(p for p in (image.get("filepath", ""), image.get("filename", "")) if p)
-        images.append({"image_id": iid, "file": file, **({"split": image["split"]} if "split" in image else {})})
+        images.append(
+            {"image_id": iid, "file": file, **({"split": image["split"]} if "split" in image else {})}
+        )
         for sent in image.get("sentences", []):
-            captions.append({"caption_id": str(sent["sentid"]), "image_id": iid, "caption": sent.get("raw", "")})
+            captions.append(
+                {"caption_id": str(sent["sentid"]), "image_id": iid, "caption": sent.get("raw", "")}
+            )
     if not images:
         raise DataError(f"{path}: no images")
     return captions, images
@@ -99,7 +112,9 @@ def read_captions(path: str | os.PathLike) -> tuple[list[dict], list[dict] | Non
     return rows, None
 
 
-def read_encode_inputs(images: str | os.PathLike, captions: str | os.PathLike) -> tuple[list[ImageItem], list[dict]]:
+def read_encode_inputs(
+    images: str | os.PathLike, captions: str | os.PathLike
+) -> tuple[list[ImageItem], list[dict]]:
     """The images and captions ``d2s encode`` works on, checked: unique ids, every caption's image listed."""
     caption_rows, karpathy_images = read_captions(captions)
     images = Path(images)
@@ -122,7 +137,9 @@ def read_encode_inputs(images: str | os.PathLike, captions: str | os.PathLike) -
             raise DataError(f"{captions}: duplicate caption id {row['caption_id']!r}")
         caption_ids.add(row["caption_id"])
         if row["image_id"] not in seen:
-            raise DataError(f"{captions}: caption {row['caption_id']!r} is of image {row['image_id']!r}, which is not among the images")
+            raise DataError(
+                f"{captions}: caption {row['caption_id']!r} is of image {row['image_id']!r}, which is not among the images"
+            )
         if not str(row["caption"]).strip():
             raise DataError(f"{captions}: caption {row['caption_id']!r} has empty text")
     return items, caption_rows

@@ -41,7 +41,7 @@ def _import_lavis():
         from lavis.models import load_model_and_preprocess
     except Exception as e:  # ImportError, but also the errors an incompatible torchvision/transformers raise
         raise ImportError(
-            "LAVIS encoders need salesforce-lavis: pip install \"pyterrier-d2s[lavis]\" "
+            'LAVIS encoders need salesforce-lavis: pip install "pyterrier-d2s[lavis]" '
             "(LAVIS needs torchvision, transformers<4.27 and numpy<2, so use a separate environment; "
             f"the import failed with: {type(e).__name__}: {e})"
         ) from e
@@ -68,7 +68,11 @@ class LavisEncoder(DenseEncoder):
     ):
         model_name, model_type = parse_lavis_name(name)
         super().__init__(
-            batch_size=batch_size, device=device, precision=precision, progress=progress, num_workers=num_workers
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+            num_workers=num_workers,
         )
         load_model_and_preprocess = _import_lavis()
         self.name = f"lavis:{model_name}/{model_type}"
@@ -84,7 +88,10 @@ class LavisEncoder(DenseEncoder):
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         tok = self.model.tokenizer(
             [self.text_transform(t) for t in texts],
-            padding="max_length", truncation=True, max_length=LAVIS_MAX_LENGTH, return_tensors="pt",
+            padding="max_length",
+            truncation=True,
+            max_length=LAVIS_MAX_LENGTH,
+            return_tensors="pt",
         ).to(self.device)
         out = self.model.text_encoder.forward_text(tok)
         return self.model.text_proj(out.last_hidden_state[:, 0, :])

@@ -45,7 +45,11 @@ class BlipEncoder(DenseEncoder):
         image_backend: str | None = "pil",
     ):
         super().__init__(
-            batch_size=batch_size, device=device, precision=precision, progress=progress, num_workers=num_workers
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+            num_workers=num_workers,
         )
         from transformers import BlipForImageTextRetrieval
 
@@ -62,7 +66,10 @@ class BlipEncoder(DenseEncoder):
 
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(
-            texts, padding=True, truncation=self.max_length is not None, max_length=self.max_length,
+            texts,
+            padding=True,
+            truncation=self.max_length is not None,
+            max_length=self.max_length,
             return_tensors="pt",
         )
         # Only ids and mask: BlipProcessor drops token_type_ids too, and the ITC path takes no others.

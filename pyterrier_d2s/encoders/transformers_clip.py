@@ -35,7 +35,11 @@ class ClipEncoder(DenseEncoder):
         image_backend: str | None = "pil",
     ):
         super().__init__(
-            batch_size=batch_size, device=device, precision=precision, progress=progress, num_workers=num_workers
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+            num_workers=num_workers,
         )
         from transformers import CLIPModel
 
@@ -52,7 +56,10 @@ class ClipEncoder(DenseEncoder):
 
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(
-            texts, padding=True, truncation=self.max_length is not None, max_length=self.max_length,
+            texts,
+            padding=True,
+            truncation=self.max_length is not None,
+            max_length=self.max_length,
             return_tensors="pt",
         )
         out = self.model.get_text_features(
