@@ -13,6 +13,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 __all__ = ["main"]
 
 # Settings for the packaged demo set. 500 pairs make one batch of 512, so the paper's recipe would give 200
@@ -116,7 +118,8 @@ def cmd_index(args: argparse.Namespace) -> dict:
         "documents": len(index),
         "doc_scale": meta.get("doc_scale"),
         "query_scale": meta.get("query_scale"),
-        "doc_mass_loss": meta.get("doc_mass_loss"),
+        "doc_mass_lost": meta.get("doc_mass_lost"),
+        "mean_doc_nnz": meta.get("mean_doc_nnz"),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -403,6 +406,86 @@ def cmd_encode(args: argparse.Namespace) -> dict:
     return summary.as_dict()
 
 
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="the paper's figures (needs matplotlib)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    t = kinds.add_parser("tradeoff", help="R@1 vs FLOPs across heads (Fig. 2a)")
+    t.add_argument("runs", nargs="+", help="head directories written by d2s train")
+    t.add_argument("--out", required=True, help="PNG file")
+    o = kinds.add_parser("overlap", help="histogram of top-10 overlap with dense (Fig. 2b)")
+    o.add_argument("--model", required=True)
+    o.add_argument("--index", required=True)
+    o.add_argument("--data", required=True)
+    o.add_argument("--out", required=True, help="PNG file")
+    o.add_argument("-k", type=int, default=10)
+
+
+def cmd_plot(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from . import plots
+
+    if args.kind == "tradeoff":
+        reports = []
+        for run in args.runs:
+            cfg_file = Path(run) / "config.json"
+            if not cfg_file.is_file():
+                raise FileNotFoundError(f"{run} is not a head directory (no config.json)")
+            report = json.loads(cfg_file.read_text()).get("extra", {}).get("test")
+            if report is None:
+                raise ValueError(f"{run} has no test report: train it with d2s train")
+            reports.append(report)
+        dense = [r["dense_r1"] for r in reports]
+        plots.tradeoff_figure(reports, args.out, dense_r1=float(np.mean(dense)))
+        return {
+            "out": args.out,
+            "runs": len(reports),
+            "points": [(r["flops"], r["sparse_r1"]) for r in reports],
+        }
+
+    from .data import load_pairs
+    from .evaluation import dense_top_k, run_frame
+    from .experiment import overlap_at_k
+    from .index import D2SIndex
+    from .model import D2S
+
+    model = D2S.from_pretrained(args.model)
+    data = load_pairs(args.data).evaluation_split()
+    topics = data.topics()
+    sparse = (model.query_encoder() >> D2SIndex(args.index).retriever(num_results=args.k))(topics)
+    idx, val = dense_top_k(data.caption_vectors, data.image_vectors, k=args.k)
+    dense = run_frame(data.caption_ids, data.image_ids, idx, val)
+    overlaps = overlap_at_k(sparse, dense, args.k).reindex(topics["qid"], fill_value=0.0)
+    plots.overlap_figure(overlaps.to_numpy(), args.out, k=args.k)
+    return {"out": args.out, "queries": len(overlaps), f"mean_overlap@{args.k}": float(overlaps.mean())}
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="top terms of a caption or an image (* = in the caption)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--id", required=True, help="a caption id or an image id of --data")
+    p.add_argument("-k", type=int, default=20)
+
+
+def cmd_explain(args: argparse.Namespace) -> dict:
+    from .data import load_pairs
+    from .model import D2S
+
+    model = D2S.from_pretrained(args.model)
+    data = load_pairs(args.data)
+    if args.id in data.caption_ids:
+        rows = [data.caption_ids.index(args.id)]
+    elif args.id in data.image_ids:
+        image_row = data.image_ids.index(args.id)
+        rows = [int(r) for r in np.flatnonzero(data.caption_image == image_row)]
+    else:
+        raise KeyError(f"{args.id!r} is neither a caption id nor an image id of {args.data}")
+    items = explain_rows(model, data, rows, k=args.k)
+    print_explained(items)
+    return {"items": items}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d2s", description="Dense2Sparse multimodal learned sparse retrieval"
@@ -414,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_search(sub)
     _add_demo(sub)
+    _add_plot(sub)
+    _add_explain(sub)
     _add_encode(sub)
     return parser
 
@@ -431,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": cmd_evaluate,
             "search": cmd_search,
             "demo": cmd_demo,
+            "plot": cmd_plot,
+            "explain": cmd_explain,
             "encode": cmd_encode,
         }
         report = commands[args.command](args)

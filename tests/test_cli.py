@@ -1,0 +1,123 @@
+"""The d2s subcommands that work on a trained head: index, evaluate, search, explain, plot."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyterrier_d2s.cli import SYSTEM_NAMES, main
+from pyterrier_d2s.data import load_pairs
+from pyterrier_d2s.head import D2SHead, D2SHeadConfig
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory, vocab):
+    torch.manual_seed(0)
+    head = D2SHead(D2SHeadConfig(input_dim=512, hidden_dim=384), vocab=vocab)
+    with torch.no_grad():
+        head.vocab_proj.bias.fill_(-1.5)
+    path = tmp_path_factory.mktemp("head") / "h"
+    head.save_pretrained(path)
+    return path
+
+
+def run(capsys, *argv):
+    assert main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    return out, json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, head_dir):
+    path = tmp_path_factory.mktemp("index") / "i"
+    assert main(["index", "--model", str(head_dir), "--data", "coco500", "--out", str(path)]) == 0
+    return path
+
+
+def test_index_report(index_dir, head_dir, capsys):
+    meta = json.loads((index_dir / "pt_meta.json").read_text())
+    assert meta["type"] == "sparse_index" and meta["num_docs"] == 500
+    assert meta["doc_mass_lost"] < 0.005
+    # a second index run into the same directory is refused without --overwrite
+    assert main(["index", "--model", str(head_dir), "--data", "coco500", "--out", str(index_dir)]) == 2
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_prints_table_and_json(index_dir, head_dir, capsys):
+    out, rows = run(capsys, "evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500")
+    assert [r["name"] for r in rows] == list(SYSTEM_NAMES)
+    for r in rows:
+        assert {"R@1", "R@5", "RR@10", "flops", "ms_per_query"} <= set(r)
+    dense = rows[0]
+    assert dense["R@1"] == pytest.approx(0.506, abs=1e-3) and dense["flops"] is None
+    assert rows[1]["flops"] > rows[2]["flops"] > 0  # expanded queries co-activate more than own terms
+    assert "d2s-noexp>>rescore" in out and "overlap@10" in out
+
+
+def test_search_by_caption_id(index_dir, head_dir, capsys):
+    data = load_pairs("coco500")
+    qid = data.caption_ids[7]
+    out, hits = run(
+        capsys,
+        "search",
+        "--model",
+        head_dir,
+        "--index",
+        index_dir,
+        "--data",
+        "coco500",
+        "--qid",
+        qid,
+        "-k",
+        "5",
+    )
+    assert len(hits) == 5 and [h["rank"] for h in hits] == list(range(5))
+    assert data.caption_texts[7] in out
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert main(["search", "--model", str(head_dir), "--index", str(index_dir), "a dog"]) == 2
+    assert "no dense encoder" in capsys.readouterr().err
+
+
+def test_explain_marks_caption_terms(head_dir, capsys):
+    data = load_pairs("coco500")
+    out, report = run(
+        capsys, "explain", "--model", head_dir, "--data", "coco500", "--id", data.caption_ids[0], "-k", "15"
+    )
+    (item,) = report["items"]
+    assert item["caption"] == data.caption_texts[0] and len(item["caption_terms"]) == 15
+    for term in item["caption_terms"]:
+        assert (term + "*" in out) == (term in item["own_terms"])
+    assert main(["explain", "--model", str(head_dir), "--data", "coco500", "--id", "nope"]) == 2
+
+
+def test_plots_write_pngs(index_dir, head_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    cfg = json.loads((head_dir / "config.json").read_text())
+    runs = []
+    for n, (r1, flops) in enumerate([(0.3, 5.0), (0.4, 20.0)]):
+        d = tmp_path / f"run{n}"
+        d.mkdir()
+        report = {"exp": "c+w", "eta": 10.0 ** -(n + 3), "sparse_r1": r1, "flops": flops, "dense_r1": 0.5}
+        (d / "config.json").write_text(json.dumps({**cfg, "extra": {"test": report}}))
+        runs.append(d)
+    _, rep = run(capsys, "plot", "tradeoff", *runs, "--out", tmp_path / "a.png")
+    assert rep["points"] == [[5.0, 0.3], [20.0, 0.4]]
+    _, rep = run(
+        capsys,
+        "plot",
+        "overlap",
+        "--model",
+        head_dir,
+        "--index",
+        index_dir,
+        "--data",
+        "coco500",
+        "--out",
+        tmp_path / "b.png",
+    )
+    assert 0.0 <= rep["mean_overlap@10"] <= 1.0 and rep["queries"] == 500
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.isfinite(rep["mean_overlap@10"])
