@@ -48,7 +48,19 @@ def _query_outputs(input_columns: list[str]) -> list[str]:
     return [c for c in input_columns if c not in _RESULT_COLUMNS] + _RESULT_COLUMNS
 
 
-class D2SPisaRetriever(pt.Transformer):
+class _QueryToksRetriever(pt.Transformer):
+    """What the retrievers share: ``qid`` + ``query_toks`` in, a result frame out (for ``pt.inspect``)."""
+
+    def transform_inputs(self) -> list[list[str]]:
+        """Required input columns."""
+        return [["qid", "query_toks"]]
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """Output columns for given input columns."""
+        return _query_outputs(input_columns)
+
+
+class D2SPisaRetriever(_QueryToksRetriever):
     """Top-k retrieval with PISA over the quantised impacts; scores are divided back into float units.
 
     Query terms the index does not know are dropped before PISA sees them (so PISA's lower-casing of query
@@ -101,14 +113,6 @@ class D2SPisaRetriever(pt.Transformer):
                 self.index, k, self.algorithm, self.threads, self.toks_scale, self.verbose
             )
         return None
-
-    def transform_inputs(self) -> list[list[str]]:
-        """Required input columns."""
-        return [["qid", "query_toks"]]
-
-    def transform_outputs(self, input_columns: list[str]) -> list[str]:
-        """Output columns for given input columns."""
-        return _query_outputs(input_columns)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Retrieve ``num_results`` documents per query."""
@@ -199,7 +203,7 @@ class D2SPisaRetriever(pt.Transformer):
             )
 
 
-class D2SExactRetriever(pt.Transformer):
+class D2SExactRetriever(_QueryToksRetriever):
     """Exhaustive top-k by exact float dot products over the forward store (ground truth; no quantisation).
 
     Only documents sharing at least one positive-weight term with the query are returned. Ties are broken
@@ -219,14 +223,6 @@ class D2SExactRetriever(pt.Transformer):
     def fuse_rank_cutoff(self, k: int) -> D2SExactRetriever | None:
         """``retriever % k`` retrieves only k results."""
         return D2SExactRetriever(self.index, k, self.verbose) if k < self.num_results else None
-
-    def transform_inputs(self) -> list[list[str]]:
-        """Required input columns."""
-        return [["qid", "query_toks"]]
-
-    def transform_outputs(self, input_columns: list[str]) -> list[str]:
-        """Output columns for given input columns."""
-        return _query_outputs(input_columns)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Retrieve ``num_results`` documents per query."""
