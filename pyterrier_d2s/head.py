@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .vocab import Vocabulary, default_tokenizer_dir
+from .vocab import Vocabulary, default_tokenizer_dir, ids_to_csr
 
 __all__ = ["D2SHead", "D2SHeadConfig", "load_word_embeddings"]
 
@@ -152,12 +152,11 @@ class D2SHead(nn.Module):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
         blocks = []
         for start in range(0, len(z_t), batch_size):
-            s = self(z_t[start : start + batch_size].to(device))
+            mask = None
             if own_token_ids is not None:
-                mask = torch.zeros_like(s)
-                for r, ids in enumerate(own_token_ids[start : start + batch_size]):
-                    mask[r, torch.as_tensor(ids, dtype=torch.long, device=device)] = 1.0
-                s = s * mask
+                own = ids_to_csr(own_token_ids[start : start + batch_size], self.config.vocab_size)
+                mask = torch.from_numpy(own.toarray()).to(device)
+            s = self(z_t[start : start + batch_size].to(device), mask=mask)
             blocks.append(_to_csr(s, top_k, threshold))
         self.train(was_training)
         if not blocks:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
@@ -80,13 +81,10 @@ class TrainResult:
 class _TokenRows:
     """Captions' own token ids as a CSR structure on the device, to build B x |V| masks quickly."""
 
-    def __init__(self, own_ids: list[np.ndarray], vocab_size: int, device: torch.device):
-        lengths = np.array([len(x) for x in own_ids], dtype=np.int64)
-        self.indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)])).to(device)
-        self.indices = torch.from_numpy(
-            np.concatenate(own_ids).astype(np.int64) if len(own_ids) else np.zeros(0, np.int64)
-        ).to(device)
-        self.vocab_size = vocab_size
+    def __init__(self, own: sp.csr_matrix, device: torch.device):
+        self.indptr = torch.from_numpy(own.indptr.astype(np.int64)).to(device)
+        self.indices = torch.from_numpy(own.indices.astype(np.int64)).to(device)
+        self.vocab_size = own.shape[1]
 
     def mask(self, rows: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         starts, ends = self.indptr[rows], self.indptr[rows + 1]
@@ -170,15 +168,13 @@ class D2STrainer:
         dev = self.device
         started = time.perf_counter()
 
-        own_train = self.vocab.token_ids(train.caption_texts)
-        df = self.vocab.document_frequency(ids_to_csr(own_train, len(self.vocab)))
+        own_train = ids_to_csr(self.vocab.token_ids(train.caption_texts), len(self.vocab))
+        df = self.vocab.document_frequency(own_train)
         control = ExpansionControl(cfg.exp, cfg.epochs, df)
-        token_rows = _TokenRows(own_train, len(self.vocab), dev)
-        val_own = (
-            _TokenRows(self.vocab.token_ids(val.caption_texts), len(self.vocab), dev)
-            if cfg.exp == "0"
-            else None
-        )
+        token_rows = _TokenRows(own_train, dev)
+        val_own = None
+        if cfg.exp == "0":  # a model trained without expansion is validated without it
+            val_own = _TokenRows(ids_to_csr(self.vocab.token_ids(val.caption_texts), len(self.vocab)), dev)
 
         head = self.new_head(train.dim, dense_encoder).to(dev)
         loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
