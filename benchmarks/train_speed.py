@@ -24,6 +24,7 @@ import torch
 
 from pyterrier_d2s.data import PairedVectors
 from pyterrier_d2s.training import D2STrainer, TrainConfig
+from pyterrier_d2s.vocab import Vocabulary
 
 WORDS = (
     "a man woman person people dog cat car bus train street table pizza plate bed room kitchen tree field grass "
@@ -38,7 +39,8 @@ def synthetic_coco(n_images: int, captions_per_image: int, dim: int, seed: int =
     iv = rng.standard_normal((n_images, dim), dtype=np.float32)
     iv /= np.linalg.norm(iv, axis=1, keepdims=True)
     links = np.repeat(np.arange(n_images), captions_per_image)
-    cv = iv[links] + 0.5 * rng.standard_normal((len(links), dim), dtype=np.float32)
+    # caption = its image + noise of norm ≈ 0.8, so in-batch retrieval is learnable but not trivial
+    cv = iv[links] + (0.8 / np.sqrt(dim)) * rng.standard_normal((len(links), dim), dtype=np.float32)
     cv /= np.linalg.norm(cv, axis=1, keepdims=True)
     # Zipf-like word use, 8-14 words a caption, like COCO captions
     p = 1.0 / np.arange(1, len(WORDS) + 1)
@@ -77,6 +79,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--exp", default="c+w")
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--vocab",
+        default=None,
+        help="vocabulary dir (vocab.txt + model.safetensors with the word embeddings); default: the offline one",
+    )
+    ap.add_argument("--log", default=None, help="append one JSON line per epoch to this file (full mode)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -86,6 +94,7 @@ def main() -> None:
     make_s = time.perf_counter() - t0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = TrainConfig(exp=args.exp, epochs=args.epochs, batch_size=args.batch_size)
+    vocab = Vocabulary(args.vocab) if args.vocab else None
     result: dict = {
         "benchmark": "train_speed",
         "device": torch.cuda.get_device_name(device)
@@ -106,7 +115,15 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t = time.perf_counter()
-        fit = D2STrainer(config, device=device).fit(data)
+        log = open(args.log, "a", encoding="utf-8") if args.log else None
+
+        def epoch_log(event: str, info: dict) -> None:
+            if event == "epoch" and log is not None:
+                log.write(json.dumps({**info, "seconds": round(time.perf_counter() - t, 2)}) + "\n")
+                log.flush()
+
+        trainer = D2STrainer(config, vocab=vocab, device=device, callbacks=[epoch_log])
+        fit = trainer.fit(data)
         result.update(
             mode="full",
             epochs=args.epochs,
@@ -129,7 +146,7 @@ def main() -> None:
 
         t = time.perf_counter()
         try:
-            D2STrainer(config, device=device, callbacks=[clock], progress=False).fit(data)
+            D2STrainer(config, vocab=vocab, device=device, callbacks=[clock], progress=False).fit(data)
         except _Stop:
             pass
         timed = np.diff(stamps[args.warmup_steps :])

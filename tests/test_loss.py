@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from pyterrier_d2s.training.loss import D2SLoss, distillation_ce, l1_norm, l1_warmup_factor, sparse_scores
+from pyterrier_d2s.training.loss import (
+    D2SLoss,
+    distillation_ce,
+    l1_norm,
+    l1_warmup_factor,
+    sparse_scores,
+    teacher_scores,
+)
 
 
 def softmax(xs):
@@ -89,3 +96,15 @@ def test_bad_hyperparameters():
         D2SLoss(lam=1.5)
     with pytest.raises(ValueError):
         D2SLoss(eta=-1)
+
+
+def test_teacher_stays_float32_inside_autocast():
+    # τ = 0.001 turns bf16 rounding of z·z (≈ 0.4 % relative) into logit errors of order 1
+    g = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    exact = z_a @ z_b.T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = teacher_scores(z_a, z_b)
+        assert (z_a @ z_b.T).dtype == torch.bfloat16  # what a plain product would have given
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, exact, rtol=0, atol=0)

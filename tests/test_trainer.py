@@ -12,7 +12,8 @@ import torch
 
 from pyterrier_d2s.data import DataError, PairedVectors, load_pairs
 from pyterrier_d2s.training import D2STrainer, TrainConfig
-from pyterrier_d2s.training.trainer import CHECKPOINT_NAME
+from pyterrier_d2s.training.trainer import CHECKPOINT_NAME, _TokenRows
+from pyterrier_d2s.vocab import ids_to_csr
 
 WORDS = "dog cat man woman car bus tree beach red blue small big sitting running table pizza".split()
 
@@ -229,3 +230,13 @@ def test_cli_bad_data_exits_with_message(tmp_path):
     )
     assert proc.returncode == 2
     assert "no data at" in proc.stderr
+
+
+def test_token_rows_masks_equal_the_dense_own_token_matrix():
+    rng = np.random.default_rng(3)
+    token_ids = [rng.choice(50, size=rng.integers(0, 9), replace=False) for _ in range(40)]
+    own = ids_to_csr(token_ids, 50)
+    rows = torch.tensor([5, 0, 39, 5, 17])
+    mask = _TokenRows(own, torch.device("cpu")).mask(rows)
+    assert mask.shape == (5, 50)
+    np.testing.assert_array_equal(mask.numpy(), (own[rows.numpy()].toarray() > 0).astype(np.float32))

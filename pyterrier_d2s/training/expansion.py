@@ -41,6 +41,7 @@ class ExpansionControl:
         self.mode = mode
         self.epochs = epochs
         self.df = df_t
+        self._device_probs: tuple[int, torch.device, torch.Tensor] | None = None
 
     def caption_prob(self, epoch: int) -> float:
         """p_c during ``epoch`` (0-based): 0 at the start, +1/epochs after each epoch."""
@@ -62,18 +63,28 @@ class ExpansionControl:
         Args:
             own: B x |V| 0/1 tensor, 1 where the token occurs in the caption.
             epoch: the current epoch (0-based), which sets p_c and p_k.
-            generator: the random source (CPU generator; keep one per run for reproducible resumes).
+            generator: the random source, on ``own``'s device (keep one per run for reproducible resumes).
+                The draws happen on that device, so a GPU step never waits for the host.
         """
         if self.mode == "1":
             return torch.ones_like(own)
         if self.mode == "0":
             return own
         n, v = own.shape
-        e_c = torch.bernoulli(torch.full((n, 1), self.caption_prob(epoch)), generator=generator)
+        e_c = torch.bernoulli(
+            torch.full((n, 1), self.caption_prob(epoch), device=own.device), generator=generator
+        )
         if self.mode == "c+w":
-            e_w = torch.bernoulli(self.word_probs(epoch).reshape(1, v), generator=generator)
-            expand = e_c * e_w
+            p_k = self._word_probs_on(epoch, own.device).reshape(1, v)
+            expand = e_c * torch.bernoulli(p_k, generator=generator)
         else:
             expand = e_c.expand(n, v)
-        expand = expand.to(own.device, own.dtype)
-        return torch.maximum(own, expand)
+        return torch.maximum(own, expand.to(own.dtype))
+
+    def _word_probs_on(self, epoch: int, device: torch.device) -> torch.Tensor:
+        # copied to the device once per epoch, not once per step (a host-to-device copy waits for the GPU)
+        cached = self._device_probs
+        if cached is None or cached[0] != epoch or cached[1] != device:
+            cached = (epoch, device, self.word_probs(epoch).to(device))
+            self._device_probs = cached
+        return cached[2]

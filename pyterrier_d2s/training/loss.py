@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["D2SLoss", "LossParts", "distillation_ce", "sparse_scores", "l1_norm", "l1_warmup_factor"]
+__all__ = [
+    "D2SLoss",
+    "LossParts",
+    "distillation_ce",
+    "sparse_scores",
+    "teacher_scores",
+    "l1_norm",
+    "l1_warmup_factor",
+]
 
 _LN2 = math.log(2.0)
 
@@ -39,9 +47,25 @@ def distillation_ce(student_scores: torch.Tensor, teacher_scores: torch.Tensor, 
 
 
 def sparse_scores(s_a: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
-    """``s_a · s_bᵀ`` over the columns active on both sides only (the others add exactly zero)."""
+    """``s_a · s_bᵀ`` over the columns active on both sides only (the others add exactly zero).
+
+    The column selection pays on CPU; on a GPU the full product is cheaper than the host synchronisation
+    that ``nonzero`` costs, so it is used there.
+    """
+    if s_a.device.type != "cpu":
+        return s_a @ s_b.T
     both = ((s_a > 0).any(dim=0) & (s_b > 0).any(dim=0)).nonzero().squeeze(1)
     return s_a[:, both] @ s_b[:, both].T
+
+
+def teacher_scores(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """The dense model's ``z_a · z_bᵀ`` in float32, also inside an autocast region.
+
+    The scores are divided by τ = 0.001: bf16's 8-bit mantissa would put errors of about ±1 on the
+    teacher's logits, so the product must not be autocast.
+    """
+    with torch.no_grad(), torch.autocast(device_type=z_a.device.type, enabled=False):
+        return z_a.float() @ z_b.float().T
 
 
 def l1_norm(s: torch.Tensor) -> torch.Tensor:
@@ -78,8 +102,7 @@ class D2SLoss:
     ) -> LossParts:
         """Row i of each tensor belongs to pair i of the batch (an image may appear in several rows)."""
         student = sparse_scores(s_img, s_cap)  # images x captions; its transpose serves C→I
-        with torch.no_grad():
-            teacher = z_img.float() @ z_cap.float().T
+        teacher = teacher_scores(z_img, z_cap)
         i2c = distillation_ce(student, teacher, self.tau)
         c2i = distillation_ce(student.T, teacher.T, self.tau)
         l1_i, l1_c = l1_norm(s_img), l1_norm(s_cap)
