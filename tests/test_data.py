@@ -181,3 +181,20 @@ def test_public_names_resolve():
     assert set(pyterrier_d2s.__all__) == {*pyterrier_d2s._PUBLIC, "__version__"}
     for name in pyterrier_d2s._PUBLIC:
         assert getattr(pyterrier_d2s, name).__name__ == name
+
+
+def test_float64_vectors_are_stored_as_float32():
+    from pyterrier_d2s.data import PairedVectors
+
+    rng = np.random.default_rng(0)
+    pairs = PairedVectors(
+        image_ids=["a", "b"],
+        image_vectors=rng.standard_normal((2, 4)),  # float64, as numpy and pandas hand them out
+        caption_ids=["c1", "c2"],
+        caption_texts=["a dog", "a cat"],
+        caption_image=[0, 1],
+        caption_vectors=rng.standard_normal((2, 4)),
+    )
+    assert pairs.image_vectors.dtype == np.float32 and pairs.caption_vectors.dtype == np.float32
+    assert pairs.caption_image.dtype == np.int64
+    pairs.validate()

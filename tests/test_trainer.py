@@ -240,3 +240,26 @@ def test_token_rows_masks_equal_the_dense_own_token_matrix():
     mask = _TokenRows(own, torch.device("cpu")).mask(rows)
     assert mask.shape == (5, 50)
     np.testing.assert_array_equal(mask.numpy(), (own[rows.numpy()].toarray() > 0).astype(np.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_training_equals_eager_training(vocab):
+    data = synthetic_pairs(n_images=64)  # 128 captions, batch 24: 5 full batches and a short one per epoch
+    runs = {
+        graph: D2STrainer(
+            small_config(batch_size=24, epochs=3, cuda_graph=graph),
+            vocab=vocab,
+            device="cuda",
+            progress=False,
+        ).fit(data)
+        for graph in (False, True)
+    }
+    eager, graphed = runs[False], runs[True]
+    assert [h["r1"] for h in graphed.history] == [h["r1"] for h in eager.history]
+    np.testing.assert_allclose(
+        [h["loss"] for h in graphed.history], [h["loss"] for h in eager.history], rtol=1e-5
+    )
+    for (name, a), (_, b) in zip(
+        eager.head.state_dict().items(), graphed.head.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

@@ -47,6 +47,12 @@ class PairedVectors:
     name: str = ""
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # float64 vectors (np.random, pandas) would reach the head as doubles and fail inside autocast
+        self.image_vectors = np.asarray(self.image_vectors, dtype=np.float32)
+        self.caption_vectors = np.asarray(self.caption_vectors, dtype=np.float32)
+        self.caption_image = np.asarray(self.caption_image, dtype=np.int64)
+
     @property
     def dim(self) -> int:
         return int(self.image_vectors.shape[1])

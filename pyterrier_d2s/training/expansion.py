@@ -66,17 +66,31 @@ class ExpansionControl:
             generator: the random source, on ``own``'s device (keep one per run for reproducible resumes).
                 The draws happen on that device, so a GPU step never waits for the host.
         """
+        p_c = torch.full((1, 1), self.caption_prob(epoch), device=own.device)
+        return self.draw(own, p_c, self._word_probs_on(epoch, own.device), generator)
+
+    def draw(
+        self,
+        own: torch.Tensor,
+        p_c: torch.Tensor,
+        p_k: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`mask` with the probabilities given as tensors on ``own``'s device.
+
+        ``p_c`` (one element) and ``p_k`` (|V|) are read when the kernels run, so a captured CUDA graph
+        follows the schedule when the trainer updates them in place between replays.
+        """
         if self.mode == "1":
             return torch.ones_like(own)
         if self.mode == "0":
             return own
         n, v = own.shape
-        e_c = torch.bernoulli(
-            torch.full((n, 1), self.caption_prob(epoch), device=own.device), generator=generator
-        )
+        # U < p is Bernoulli(p), exact at p = 0 and p = 1 since U is in [0, 1)
+        e_c = torch.rand((n, 1), device=own.device, generator=generator) < p_c.reshape(1, 1)
         if self.mode == "c+w":
-            p_k = self._word_probs_on(epoch, own.device).reshape(1, v)
-            expand = e_c * torch.bernoulli(p_k, generator=generator)
+            e_w = torch.rand((1, v), device=own.device, generator=generator) < p_k.reshape(1, v)
+            expand = e_c & e_w
         else:
             expand = e_c.expand(n, v)
         return torch.maximum(own, expand.to(own.dtype))

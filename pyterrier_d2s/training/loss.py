@@ -69,8 +69,11 @@ def teacher_scores(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
 
 
 def l1_norm(s: torch.Tensor) -> torch.Tensor:
-    """Batch mean of ``||s||_1`` (weights are non-negative, the abs keeps it honest)."""
-    return s.float().abs().sum(dim=1).mean()
+    """Batch mean of ``||s||_1``; D2S weights are non-negative (log(1+ReLU)), so this is the row sum.
+
+    Summed in float32 without an ``abs``/float copy of the B x |V| matrix (two passes less per step).
+    """
+    return s.sum(dim=1, dtype=torch.float32).mean()
 
 
 def l1_warmup_factor(step: int, warmup_steps: int) -> float:

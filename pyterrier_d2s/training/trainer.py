@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..data.pairs import PairedVectors
 from ..head import D2SHead, D2SHeadConfig, load_word_embeddings
 from ..vocab import Vocabulary, ids_to_csr
+from .cuda_graph import GraphedStep
 from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss, l1_warmup_factor, sparse_scores
 
@@ -60,6 +61,7 @@ class TrainConfig:
     init: str = "embeddings"
     seed: int = 42
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    cuda_graph: bool = True  # replay the training step as a CUDA graph (CUDA only; same maths, ~3x faster)
     eval_batch_size: int = 1024
 
     def __post_init__(self):
@@ -76,6 +78,16 @@ class TrainResult:
     best_r1: float
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+# settings that change how fast a run goes, not what it computes: a run may resume with other values
+_RUNTIME_SETTINGS = ("amp", "cuda_graph", "eval_batch_size")
+
+
+def _training_settings(config: dict | None) -> dict | None:
+    if config is None:
+        return None
+    return {k: v for k, v in config.items() if k not in _RUNTIME_SETTINGS}
 
 
 class _TokenRows:
@@ -178,21 +190,24 @@ class D2STrainer:
 
         head = self.new_head(train.dim, dense_encoder).to(dev)
         loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
+        graphed = cfg.cuda_graph and GraphedStep.supported(dev)
+        base_lrs = [
+            cfg.lr_proj,
+            cfg.lr_vocab,
+            cfg.lr_vocab if cfg.lr_vocab_bias is None else cfg.lr_vocab_bias,
+        ]
         optimizer = torch.optim.AdamW(
             [
-                {"params": list(head.proj.parameters()), "lr": cfg.lr_proj},
-                {"params": [*head.norm.parameters(), head.vocab_proj.weight], "lr": cfg.lr_vocab},
-                {
-                    "params": [head.vocab_proj.bias],
-                    "lr": cfg.lr_vocab if cfg.lr_vocab_bias is None else cfg.lr_vocab_bias,
-                },
+                {"params": list(head.proj.parameters()), "lr": base_lrs[0]},
+                {"params": [*head.norm.parameters(), head.vocab_proj.weight], "lr": base_lrs[1]},
+                {"params": [head.vocab_proj.bias], "lr": base_lrs[2]},
             ],
             betas=(0.9, 0.999),
             eps=1e-8,
             weight_decay=0.0,
             fused=True,  # one kernel for the 11.7M-parameter W2: ~8x faster than the per-tensor loop on CPU
+            capturable=graphed,
         )
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
         generator = torch.Generator().manual_seed(cfg.seed)  # batch order (host)
         mask_generator = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # expansion draws (device)
 
@@ -222,7 +237,37 @@ class D2STrainer:
             best_state, history = ckpt["best_state"], ckpt["history"]
             logger.info("resuming from %s at epoch %d", self.checkpoint_dir, start_epoch)
 
+        if graphed:  # a captured step reads the learning rates from device tensors
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = torch.tensor(lr, device=dev)
+                group["capturable"] = True  # also after resuming from a checkpoint of an eager run
+        # schedule values the step reads from the device, updated in place (a CUDA graph sees the updates)
+        p_c = torch.zeros((), device=dev)
+        p_k = torch.ones(len(self.vocab), device=dev)
+        l1_factor = torch.ones((), device=dev)
         use_amp = cfg.amp and dev.type == "cuda"
+
+        def train_step(rows: torch.Tensor) -> torch.Tensor:
+            zc, zi = z_cap[rows], z_img[cap_img[rows]]
+            expansion = control.draw(token_rows.mask(rows), p_c, p_k, mask_generator)
+            # no autocast weight cache: a graph replay must recast the weights the optimiser changed
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp, cache_enabled=False):
+                s_cap = head(zc, mask=expansion)
+                s_img = head(zi)
+                parts = loss_fn(s_img, s_cap, zi, zc, l1_factor=l1_factor)
+            parts.total.backward()
+            optimizer.step()
+            return parts.total.detach()
+
+        def eager_step(rows: torch.Tensor) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            return train_step(rows)
+
+        run_step = (
+            GraphedStep(train_step, optimizer, cfg.batch_size, dev, generators=[mask_generator])
+            if graphed
+            else eager_step
+        )
         bar = tqdm(
             range(start_epoch, cfg.epochs),
             initial=start_epoch,
@@ -234,28 +279,25 @@ class D2STrainer:
         for epoch in bar:
             head.train()
             perm = torch.randperm(n, generator=generator).to(dev)
+            p_c.fill_(control.caption_prob(epoch))
+            p_k.copy_(control.word_probs(epoch))
             epoch_loss = torch.zeros((), device=dev)  # summed on the device: no host sync per step
             for b in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + b
                 factor = self._lr_factor(step, total_steps, warmup)
                 for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                    group["lr"] = lr * factor
+                    if graphed:
+                        group["lr"].fill_(lr * factor)
+                    else:
+                        group["lr"] = lr * factor
+                l1_factor.fill_(l1_warmup_factor(step, warmup) if cfg.l1_warmup else 1.0)
                 rows = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if len(rows) < 2:
                     continue  # a softmax over one candidate carries no signal
-                zc, zi = z_cap[rows], z_img[cap_img[rows]]
-                expansion = control.mask(token_rows.mask(rows), epoch, mask_generator)
-                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    s_cap = head(zc, mask=expansion)
-                    s_img = head(zi)
-                    l1_factor = l1_warmup_factor(step, warmup) if cfg.l1_warmup else 1.0
-                    parts = loss_fn(s_img, s_cap, zi, zc, l1_factor=l1_factor)
-                optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
-                optimizer.step()
-                epoch_loss += parts.total.detach()
+                loss = run_step(rows)
+                epoch_loss += loss
                 for cb in self.callbacks:
-                    cb("step", {"epoch": epoch, "step": b, "loss": parts.total.detach()})
+                    cb("step", {"epoch": epoch, "step": b, "loss": loss})
 
             metrics = self._validate(head, val_tensors, val_own)
             record = {
@@ -347,7 +389,9 @@ class D2STrainer:
             return None
         # weights_only: plain tensors and containers, no arbitrary pickle code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("config") != asdict(self.config) or ckpt.get("fingerprint") != fingerprint:
+        if _training_settings(ckpt.get("config")) != _training_settings(asdict(self.config)) or (
+            ckpt.get("fingerprint") != fingerprint
+        ):
             raise ValueError(
                 f"{path} was written by a run with other settings or data "
                 f"({ckpt.get('config')}, {ckpt.get('fingerprint')}); use another --out or delete it"
