@@ -237,10 +237,11 @@ class D2STrainer:
             best_state, history = ckpt["best_state"], ckpt["history"]
             logger.info("resuming from %s at epoch %d", self.checkpoint_dir, start_epoch)
 
-        if graphed:  # a captured step reads the learning rates from device tensors
-            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = torch.tensor(lr, device=dev)
-                group["capturable"] = True  # also after resuming from a checkpoint of an eager run
+        # a captured step reads the learning rates from device tensors; set after a resume too, since a
+        # checkpoint written by a GPU run may be resumed on the CPU and vice versa
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = torch.tensor(lr, device=dev) if graphed else lr
+            group["capturable"] = graphed
         # schedule values the step reads from the device, updated in place (a CUDA graph sees the updates)
         p_c = torch.zeros((), device=dev)
         p_k = torch.ones(len(self.vocab), device=dev)
