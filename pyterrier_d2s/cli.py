@@ -133,26 +133,50 @@ def _add_evaluate(sub) -> None:
         "--candidates", type=int, default=100, help="candidates re-scored by the expansion rescorer"
     )
     p.add_argument("--num-results", type=int, default=100, help="results per query of the other systems")
+    p.add_argument(
+        "--noexp-model",
+        default=None,
+        help="a head trained with --exp 0 whose index (--noexp-index) gives the no-expansion run and the "
+        "rescorer's candidates, as in the paper's Table 6; default: --model's own terms",
+    )
+    p.add_argument("--noexp-index", default=None, help="the index of --noexp-model over the same images")
 
 
 SYSTEM_NAMES = ("dense", "d2s-expanded", "d2s-noexp", "d2s-noexp>>rescore")
 
 
-def evaluation_systems(model, index, dense_index, candidates: int, num_results: int) -> list:
-    """The four systems of ``d2s evaluate``, named as in :data:`SYSTEM_NAMES`."""
+def evaluation_systems(
+    model,
+    index,
+    dense_index,
+    candidates: int,
+    num_results: int,
+    noexp_model=None,
+    noexp_index=None,
+) -> list:
+    """The four systems of ``d2s evaluate``, named as in :data:`SYSTEM_NAMES`.
+
+    The no-expansion run and the rescorer's first stage use the caption's own terms; by default they are
+    ``model``'s own-term weights over ``index``. With ``noexp_model``/``noexp_index`` (a head trained with
+    ``exp="0"`` and its index) they come from that model, which is how the paper's Table 6 pairs an exp=0
+    first stage with re-scoring by the expanded model; the rescorer always scores with ``model``/``index``.
+    """
     from .experiment import System
 
+    if (noexp_model is None) != (noexp_index is None):
+        raise ValueError("give both --noexp-model and --noexp-index, or neither")
+    first_model, first_index = (noexp_model, noexp_index) if noexp_model is not None else (model, index)
     expanded = model.query_encoder(expansion=True)
-    noexp = model.query_encoder(expansion=False)
-    retriever = index.retriever(num_results=num_results)
+    noexp = first_model.query_encoder(expansion=False)
     return [
         System("dense", dense_index.np_retriever(num_results=num_results)),
-        System("d2s-expanded", expanded >> retriever, expanded),
-        System("d2s-noexp", noexp >> retriever, noexp),
+        System("d2s-expanded", expanded >> index.retriever(num_results=num_results), expanded),
+        System("d2s-noexp", noexp >> first_index.retriever(num_results=num_results), noexp, first_index),
         System(
             "d2s-noexp>>rescore",
-            noexp >> index.retriever(num_results=candidates) >> model.rescorer(index),
+            noexp >> first_index.retriever(num_results=candidates) >> model.rescorer(index),
             noexp,
+            first_index,
         ),
     ]
 
@@ -174,10 +198,20 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
         raise FileNotFoundError(f"{args.index} is not a built D2S index (run d2s index first)")
     if len(index) != len(data.image_ids):
         raise ValueError(f"{args.index} holds {len(index)} images but {data.name} has {len(data.image_ids)}")
+    noexp_model = noexp_index = None
+    if (args.noexp_model is None) != (args.noexp_index is None):
+        raise ValueError("give both --noexp-model and --noexp-index, or neither")
+    if args.noexp_model is not None:
+        noexp_model = D2S.from_pretrained(args.noexp_model)
+        noexp_index = D2SIndex(args.noexp_index)
+        if not noexp_index.built() or len(noexp_index) != len(index):
+            raise ValueError(f"{args.noexp_index} is not a built index of the same {len(index)} images")
     topics, qrels = data.topics(), data.qrels()
     with tempfile.TemporaryDirectory(prefix="d2s-dense-") as tmp:
         dense = dense_flex_index(f"{tmp}/dense.flex", data.corpus_iter())
-        systems = evaluation_systems(model, index, dense, args.candidates, args.num_results)
+        systems = evaluation_systems(
+            model, index, dense, args.candidates, args.num_results, noexp_model, noexp_index
+        )
         table = compare(systems, topics, qrels, index=index, reference="dense")
     with pd.option_context(
         "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format

@@ -36,11 +36,13 @@ DEFAULT_MEASURES = (R @ 1, R @ 5, RR @ 10)
 @dataclass
 class System:
     """A named pipeline; ``query_encoder`` (optional) produces the ``query_toks`` that reach the index,
-    from which FLOPs and query non-zeros are computed."""
+    from which FLOPs and query non-zeros are computed; ``index`` (optional) is the index those queries run
+    against when it is not the one given to :func:`compare` (a first stage from another model)."""
 
     name: str
     pipeline: pt.Transformer
     query_encoder: pt.Transformer | None = None
+    index: Any = None
 
 
 def dense_flex_index(path: str | os.PathLike, corpus: Any, overwrite: bool = True):
@@ -128,13 +130,14 @@ def compare(
         results, ms = timed_run(system.pipeline, topics)
         runs[system.name] = results
         row: dict[str, Any] = {"name": system.name, "ms_per_query": ms}
-        if system.query_encoder is not None and index is not None:
+        system_index = system.index if system.index is not None else index
+        if system.query_encoder is not None and system_index is not None:
             toks = list(system.query_encoder(topics)["query_toks"])
-            row["flops"] = query_flops(toks, index)
+            row["flops"] = query_flops(toks, system_index)
             row["q_nnz"] = (
                 float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0
             )
-            docs = index.forward().matrix
+            docs = system_index.forward().matrix
             row["d_nnz"] = float(docs.nnz) / max(1, docs.shape[0])
         rows.append(row)
     table = pt.Experiment(

@@ -121,3 +121,51 @@ def test_plots_write_pngs(index_dir, head_dir, tmp_path, capsys):
     for name in ("a.png", "b.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(rep["mean_overlap@10"])
+
+
+@pytest.fixture(scope="module")
+def noexp_dirs(tmp_path_factory, vocab):
+    """A second head (standing in for one trained with --exp 0) and its index over the same images."""
+    torch.manual_seed(1)
+    head = D2SHead(D2SHeadConfig(input_dim=512, hidden_dim=384, exp="0"), vocab=vocab)
+    with torch.no_grad():
+        head.vocab_proj.bias.fill_(-1.0)
+    root = tmp_path_factory.mktemp("noexp")
+    head.save_pretrained(root / "h")
+    assert main(["index", "--model", str(root / "h"), "--data", "coco500", "--out", str(root / "i")]) == 0
+    return root / "h", root / "i"
+
+
+def test_evaluate_with_an_exp0_first_stage(index_dir, head_dir, noexp_dirs, capsys):
+    noexp_head, noexp_index = noexp_dirs
+    _, alone = run(capsys, "evaluate", "--model", noexp_head, "--index", noexp_index, "--data", "coco500")
+    _, paired = run(
+        capsys,
+        *("evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500"),
+        *("--noexp-model", noexp_head, "--noexp-index", noexp_index, "--candidates", "500"),
+    )
+    by_name = {r["name"]: r for r in paired}
+    solo = {r["name"]: r for r in alone}
+    # the no-expansion run is the exp=0 model's own, with its FLOPs against its own index
+    for key in ("R@1", "R@5", "RR@10", "flops"):
+        assert by_name["d2s-noexp"][key] == pytest.approx(solo["d2s-noexp"][key])
+    # the rescored run ranks the first stage's candidates by the main model's expanded scores: with every
+    # image a candidate, it can only miss a hit of the expanded run where the first stage found no image
+    assert by_name["d2s-noexp>>rescore"]["R@1"] <= by_name["d2s-expanded"]["R@1"] + 1e-9
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(head_dir),
+                "--index",
+                str(index_dir),
+                "--data",
+                "coco500",
+                "--noexp-model",
+                str(noexp_head),
+            ]
+        )
+        == 2
+    )
+    assert "--noexp-index" in capsys.readouterr().err
