@@ -149,23 +149,8 @@ def test_evaluate_with_an_exp0_first_stage(index_dir, head_dir, noexp_dirs, caps
     # the no-expansion run is the exp=0 model's own, with its FLOPs against its own index
     for key in ("R@1", "R@5", "RR@10", "flops"):
         assert by_name["d2s-noexp"][key] == pytest.approx(solo["d2s-noexp"][key])
-    # the rescored run ranks the first stage's candidates by the main model's expanded scores: with every
-    # image a candidate, it can only miss a hit of the expanded run where the first stage found no image
-    assert by_name["d2s-noexp>>rescore"]["R@1"] <= by_name["d2s-expanded"]["R@1"] + 1e-9
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(head_dir),
-                "--index",
-                str(index_dir),
-                "--data",
-                "coco500",
-                "--noexp-model",
-                str(noexp_head),
-            ]
-        )
-        == 2
-    )
+    # the rescorer's first stage is the exp=0 model's run too (its FLOPs are those of that model's queries)
+    assert by_name["d2s-noexp>>rescore"]["flops"] == pytest.approx(solo["d2s-noexp"]["flops"])
+    args = ["evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500"]
+    assert main([str(a) for a in [*args, "--noexp-model", noexp_head]]) == 2
     assert "--noexp-index" in capsys.readouterr().err
