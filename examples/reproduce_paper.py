@@ -26,7 +26,9 @@ Where the dense vectors come from (one directory per data set × model under ``-
     authors' release). ALBEF exists only through LAVIS (``lavis:albef_retrieval/coco``, ``.../flickr``);
     BLIP through LAVIS (``lavis:blip_retrieval/coco``, the paper's checkpoints, the default) or transformers
     (``Salesforce/blip-itm-base-coco`` / ``-flickr``, ``--blip-encoder transformers``). LAVIS usually lives in
-    its own environment: ``--encode-python`` names that environment's python, which runs ``d2s encode``::
+    its own environment: ``--encode-python`` names that environment's python, which runs ``d2s encode``.
+    Image files are the split file's ``filepath/filename`` below the ``--images`` directory (for MSCOCO, a
+    directory holding ``train2014/`` and ``val2014/``)::
 
         python examples/reproduce_paper.py --vectors vectors --encode \\
             --images mscoco=coco2014 --captions mscoco=dataset_coco.json \\

@@ -1,7 +1,8 @@
 """The example scripts, run the way a user runs them (subprocesses, few epochs).
 
-Each script is started with this checkout on ``PYTHONPATH`` (so its ``d2s`` subprocesses import this code)
-from a temporary working directory, and the test checks the JSON summary it prints as its last line.
+Each script is started in a subprocess with this checkout first on ``PYTHONPATH`` (so that it, and the ``d2s``
+steps it runs, import the code under test) from a temporary working directory; the tests check the JSON
+summary it prints as its last line.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def _env(**extra: str) -> dict[str, str]:
+def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def run_example(script: str, *args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
@@ -40,7 +41,7 @@ def run_example(script: str, *args: str, cwd: Path, ok: bool = True) -> subproce
     return proc
 
 
-def last_json(proc: subprocess.CompletedProcess):
+def last_json(proc: subprocess.CompletedProcess) -> dict | list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
