@@ -10,9 +10,31 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import sys
+from collections.abc import Iterator
 from typing import Any
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """Send what native code writes to file descriptor 1 (PISA's indexing log) to stderr meanwhile, so that
+    the script's stdout keeps only its tables and summary."""
+    try:
+        fd = sys.__stdout__.fileno()
+        err = sys.__stderr__.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (e.g. an embedded interpreter)
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    os.dup2(err, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 class StepError(RuntimeError):
@@ -29,7 +51,7 @@ def d2s(*argv: str, echo: bool = True) -> tuple[Any, str]:
     if echo:
         print("$ d2s " + shlex.join(argv), file=sys.stderr, flush=True)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with _native_stdout_to_stderr(), contextlib.redirect_stdout(out):
         status = main(list(argv))
     lines = out.getvalue().strip().splitlines()
     if status != 0 or not lines:

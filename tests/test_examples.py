@@ -143,6 +143,7 @@ def test_reproduce_paper_demo(tmp_path):
         assert len(item["caption_terms"]) == 10 and len(item["image_terms"]) == 10
         assert item["paper"] is None  # coco500 holds none of Table 4's captions
     assert "Top-10 terms of captions and their images" in proc.stdout
+    assert "[info]" not in proc.stdout  # PISA's native indexing log goes to stderr, stdout keeps the tables
 
 
 def _authors_dir(path: Path, rng: np.random.Generator) -> None:
