@@ -1,11 +1,13 @@
 """The paper's expansion-control ablation (Table 2) and semantic deviation (Table 3) on one data set.
 
 Trains one head per expansion mode (0, 1, c, c+w) and sparsity weight η, then prints a table of sparse R@1,
-FLOPs, Exact@20 and Semantic@20 next to the paper's MSCOCO numbers (BLIP). Each head goes through
-``d2s train``, so interrupted runs resume.
+R@5, MRR@10, FLOPs, Exact@20 and Semantic@20 next to the paper's numbers for one data set × dense model
+(``--paper``, default MSCOCO with BLIP). Each head goes through ``d2s train`` (run in this process), so interrupted runs resume.
 
-    python examples/exp_ablation.py --demo                       # embedded COCO-500 set, CPU
-    python examples/exp_ablation.py --data vectors/mscoco-blip   # the paper's setting, on a GPU
+    python examples/exp_ablation.py --demo                                  # embedded COCO-500 set, CPU
+    python examples/exp_ablation.py --demo --epochs 2 --modes 0 c+w --etas 1e-3   # a smoke test, ~1 min
+    python examples/exp_ablation.py --data vectors/mscoco-blip-dense        # the paper's setting, on a GPU
+    python examples/exp_ablation.py --data vectors/flickr30k-albef-dense --paper flickr30k-albef
 
 Prints the table, then the rows as one JSON list on the last line.
 """
@@ -14,22 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-# Paper, Table 2 (MSCOCO 5k, BLIP): R@1, FLOPs; Table 3: Exact@20, Semantic@20 (exp = c and 1 only)
-PAPER = {
-    ("0", 1e-3): (45.5, 2.8, None, None),
-    ("1", 1e-3): (53.4, 49.1, 2.5, 42.0),
-    ("c", 1e-3): (51.9, 11.8, 25.0, 63.2),
-    ("c+w", 1e-3): (51.8, 11.5, None, None),
-    ("0", 1e-5): (47.2, 3.2, None, None),
-    ("1", 1e-5): (55.9, 343.0, 6.9, 48.5),
-    ("c", 1e-5): (54.7, 79.1, 20.0, 60.1),
-    ("c+w", 1e-5): (54.5, 78.4, None, None),
-}
+import paper_numbers as paper
+from steps import StepError, d2s
+
+
+def train(data: str, exp: str, eta: float, out: Path, epochs: int | None) -> dict:
+    """``d2s train`` for one head; its JSON report plus the wall time."""
+    argv = ["train", "--data", data, "--exp", exp, "--eta", repr(eta), "--out", str(out), "--quiet"]
+    if epochs:
+        argv += ["--epochs", str(epochs)]
+    started = time.perf_counter()
+    report, _ = d2s(*argv)
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return report
 
 
 def main() -> None:
@@ -39,53 +42,49 @@ def main() -> None:
     )
     ap.add_argument("--demo", action="store_true", help="run on the embedded COCO-500 set")
     ap.add_argument("--out", default="runs/ablation")
-    ap.add_argument("--modes", nargs="+", default=["0", "1", "c", "c+w"])
+    ap.add_argument("--modes", nargs="+", choices=["0", "1", "c", "c+w"], default=["0", "1", "c", "c+w"])
     ap.add_argument("--etas", nargs="+", type=float, default=[1e-3, 1e-5])
-    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None, help="default: d2s train's (200; 40 for coco500)")
+    ap.add_argument(
+        "--paper",
+        default="mscoco-blip",
+        help="whose paper numbers to print beside: mscoco|flickr30k - blip|albef (default mscoco-blip)",
+    )
     args = ap.parse_args()
     data = args.data or ("coco500" if args.demo else None)
     if data is None:
         ap.error("give --data or --demo")
+    try:
+        ref = paper.paper_key(args.paper)
+    except ValueError as e:
+        ap.error(str(e))
 
     rows = []
     for eta in args.etas:
         for exp in args.modes:
-            out = Path(args.out) / f"exp{exp}-eta{eta:g}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "pyterrier_d2s.cli",
-                "train",
-                "--data",
-                data,
-                "--exp",
-                exp,
-                "--eta",
-                str(eta),
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-            if args.epochs:
-                cmd += ["--epochs", str(args.epochs)]
-            started = time.perf_counter()
-            result = subprocess.run(cmd, check=True, capture_output=True, text=True)
-            report = json.loads(result.stdout.strip().splitlines()[-1])
-            report["wall_seconds"] = round(time.perf_counter() - started, 1)
+            try:
+                report = train(data, exp, eta, Path(args.out) / f"exp{exp}-eta{eta:g}", args.epochs)
+            except StepError as e:
+                raise SystemExit(str(e)) from None
+            report["paper"] = paper.expected(*ref, exp, eta)  # Tables 2-3
             rows.append(report)
             print(f"trained exp={exp} eta={eta:g} in {report['wall_seconds']} s", file=sys.stderr, flush=True)
 
     print(
-        "| exp | η | dense R@1 | sparse R@1 | R@5 | MRR@10 | FLOPs | Exact@20 | Semantic@20 | paper R@1 / FLOPs / Exact@20 / Sem@20 |"
+        f"paper columns: {args.paper} (Table 2: R@1 / R@5 / MRR@10 / FLOPs; Table 3: Exact@20 / Semantic@20)"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| exp | η | dense R@1 | sparse R@1 | R@5 | MRR@10 | FLOPs | Exact@20 | Semantic@20 "
+        "| paper T2 | paper T3 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        paper = PAPER.get((r["exp"], r["eta"]), (None,) * 4)
-        paper_s = " / ".join("–" if v is None else f"{v:g}" for v in paper)
         print(
-            f"| {r['exp']} | {r['eta']:g} | {r['dense_r1']:.3f} | {r['sparse_r1']:.3f} | {r['sparse_r5']:.3f} | "
-            f"{r['sparse_mrr10']:.3f} | {r['flops']:.1f} | {100 * r['exact20']:.1f} | {100 * r['semantic20']:.1f} | "
-            f"{paper_s} |"
+            f"| {r['exp']} | {r['eta']:g} | {100 * r['dense_r1']:.1f} | {100 * r['sparse_r1']:.1f} | "
+            f"{100 * r['sparse_r5']:.1f} | {100 * r['sparse_mrr10']:.1f} | {r['flops']:.1f} | "
+            f"{100 * r['exact20']:.1f} | {100 * r['semantic20']:.1f} | "
+            f"{paper.fmt(paper.SPARSE.get((*ref, r['exp'], r['eta'])))} | "
+            f"{paper.fmt(paper.SEMANTIC.get((*ref, r['exp'], r['eta'])))} |"
         )
     print(json.dumps(rows))
 
