@@ -106,3 +106,22 @@ def test_encode_expansion_topk_threshold(head):
     thr = head.encode(z, threshold=0.5)
     assert (thr.data > 0.5).all()
     assert thr.nnz == int((dense > 0.5).sum())
+
+
+def test_own_term_encoding_equals_the_masked_full_projection(head):
+    # the unexpanded path computes only the own tokens' dot products; it must equal masking the full output
+    rng = np.random.RandomState(1)
+    z = rng.randn(40, 8).astype(np.float32)
+    own = [rng.choice(np.arange(1000, 30000), size=rng.randint(0, 12), replace=False) for _ in range(40)]
+    with torch.no_grad():
+        dense = head(torch.from_numpy(z)).numpy()
+    expected = np.zeros_like(dense)
+    for r, ids in enumerate(own):
+        expected[r, ids] = dense[r, ids]
+    got = head.encode(z, own_token_ids=own, batch_size=16)
+    np.testing.assert_allclose(got.toarray(), expected, atol=1e-5)
+    assert (got.data > 0).all()
+    top2 = head.encode(z, own_token_ids=own, top_k=2, threshold=0.01)
+    for r in range(40):
+        want = np.sort(expected[r][expected[r] > 0.01])[::-1][:2]
+        np.testing.assert_allclose(np.sort(top2.getrow(r).data)[::-1], want, atol=1e-5)
