@@ -54,9 +54,7 @@ def dense_flex_index(path: str | os.PathLike, corpus: Any, overwrite: bool = Tru
     return index
 
 
-def timed_run(
-    pipeline: pt.Transformer, topics: pd.DataFrame, warmup: int = 8
-) -> tuple[pd.DataFrame, float]:
+def timed_run(pipeline: pt.Transformer, topics: pd.DataFrame, warmup: int = 8) -> tuple[pd.DataFrame, float]:
     """(results, mean ms per query) of one batch call of ``pipeline`` on ``topics``.
 
     The first ``warmup`` topics run once untimed before: loading a tokenizer, opening an index or a first
