@@ -12,16 +12,23 @@ Example::
 
 from . import quantisation
 from ._store import ForwardStore
-from .core import DEFAULT_ALGORITHM, D2SIndex, D2SIndexer
-from .transformers import D2SExactRetriever, D2SPisaRetriever, D2SScorer
+from .adaptive import D2SAdaptiveRetriever
+from .core import DEFAULT_ENGINE, D2SIndex, D2SIndexer
+from .engines import MissingDependencyError
+from .engines.pisa import DEFAULT_ALGORITHM
+from .transformers import D2SExactRetriever, D2SPisaRetriever, D2SRetriever, D2SScorer
 
 __all__ = [
     "DEFAULT_ALGORITHM",
+    "DEFAULT_ENGINE",
+    "D2SAdaptiveRetriever",
     "D2SExactRetriever",
     "D2SIndex",
     "D2SIndexer",
     "D2SPisaRetriever",
+    "D2SRetriever",
     "D2SScorer",
     "ForwardStore",
+    "MissingDependencyError",
     "quantisation",
 ]
