@@ -202,6 +202,24 @@ def test_engine_level_search_and_batches(index, coll):
         np.testing.assert_array_equal(whole.scores[sel], p.scores)
 
 
+def test_taat_scores_bitwise_equal_rescoring(index, coll):
+    """Scores of documents scored in pairs or alone, and by the shared re-scorer, are the same float32 value."""
+    from pyterrier_d2s.index.engines.taat import rescore
+
+    batch = QueryBatch.from_toks(index.forward(), coll.query_toks)
+    hits = get_engine(index, "taat").search(batch, 40)
+    again = rescore(index, batch, hits.qpos, hits.rows)
+    np.testing.assert_array_equal(hits.scores, again.astype(np.float64))
+    sub = batch.take(np.array([3, 0, 3]))
+    assert len(sub) == 3 and np.array_equal(sub.row(0)[0], batch.row(3)[0])
+    assert np.array_equal(sub.row(1)[1], batch.row(0)[1])
+
+
+def test_non_finite_query_weight_is_an_error(index):
+    with pytest.raises(ValueError, match="not finite"):
+        index.retriever(engine="taat")(pd.DataFrame({"qid": ["1"], "query_toks": [{"w0": float("inf")}]}))
+
+
 def test_unknown_engine_and_setting(index):
     with pytest.raises(ValueError, match="unknown engine 'faiss'"):
         index.retriever(engine="faiss")

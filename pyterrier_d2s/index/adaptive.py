@@ -12,7 +12,8 @@ scores ``q·d = s·d + r·d <= s_c + R`` with ``R = sum over rest terms of r_t *
 exact score among ``C``, ``theta``, exceeds ``s_c + R`` (with a relative float32 margin), nothing outside ``C``
 can enter the top-k and the re-scored top-k of ``C`` *is* the exact top-k. Otherwise the depth grows
 (x ``growth``) up to ``max_depth``; queries still uncertified then fall back to a full exact retrieval with the
-expanded query, so the output is always exact in this mode. The certificate fires when the rest of the query
+expanded query, so the output is always exact in this mode. A query goes to the fallback at once when deeper
+candidates cannot help: when ``R`` alone reaches ``theta`` or every document matching the seed was retrieved. The certificate fires when the rest of the query
 carries little weight on terms that can score high (``R`` small next to ``theta``), i.e. when expansion adds
 low-weight terms; with heavy expansion the fallback does the work and the pipeline costs more than exact
 retrieval alone. ``last_stats`` says how many queries were certified at which depth.
@@ -180,6 +181,7 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
             stats["depths"] = [self.depth] * len(live)
         else:
             pending = live
+            give_up = np.zeros(0, dtype=np.int64)
             depth = self.start_depth
             while len(pending):
                 hits, s_c = self._round(full, seed, pending, depth)
@@ -193,10 +195,15 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
                 parts.append(Hits(pending[hits.qpos[keep]], hits.rows[keep], hits.scores[keep]))
                 stats["certified"] += int(ok.sum())
                 stats["depths"].extend([depth] * int(ok.sum()))
-                pending = pending[~ok]
+                # deeper cannot help when the rest alone reaches theta (s_c only falls, theta rises little) or
+                # when every seed match was already retrieved: those go straight to the exact fallback
+                hopeless = ~ok & ((rest[pending] * (1 + MARGIN) >= theta) | (s_c <= 0.0))
+                give_up = np.r_[give_up, pending[hopeless]]
+                pending = pending[~ok & ~hopeless]
                 if depth >= self.max_depth:
                     break
                 depth = min(self.max_depth, depth * self.growth)
+            pending = np.sort(np.r_[pending, give_up]).astype(np.int64)
             if len(pending):
                 engine = get_engine(self.index, self.engine_name)
                 hits = engine.search(full.take(pending), k, threads=self.threads)
@@ -240,8 +247,10 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
         for :meth:`transform`). The returned retriever is approximate: the target holds on the sample, not as a
         guarantee; ``calibration`` on it records the recall of every depth tried.
         """
-        depths = sorted(depths or [self.num_results * m for m in (1, 2, 5, 10, 20, 50, 100, 200, 500)])
         fwd = self.index.forward()
+        n_docs = len(fwd.docnos)
+        default = [self.num_results * m for m in (1, 2, 5, 10, 20, 50, 100, 200, 500)]
+        depths = sorted({min(int(d), n_docs) for d in (depths or default)})
         full = QueryBatch.from_toks(fwd, sample["query_toks"])
         seeds = self._seed_sets(sample)
         engine = get_engine(self.index, self.engine_name)

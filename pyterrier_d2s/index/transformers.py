@@ -128,11 +128,13 @@ class D2SRetriever(_QueryToksRetriever):
             return _empty_result(inp)
         fwd = self.index.forward()
         queries = QueryBatch.from_toks(fwd, inp["query_toks"])
-        bar = tqdm(total=len(inp), desc=f"D2S {self.engine_name}", unit="query", disable=not self.verbose)
-        with bar:
-            hits = self.engine.search(
-                queries, self.num_results, threads=self.threads, progress=bar.update, **self.settings
-            )
+        if self.verbose:
+            with tqdm(total=len(inp), desc=f"D2S {self.engine_name}", unit="query") as bar:
+                hits = self.engine.search(
+                    queries, self.num_results, threads=self.threads, progress=bar.update, **self.settings
+                )
+        else:  # no tqdm object at all: creating a disabled one costs ~0.1 ms per call
+            hits = self.engine.search(queries, self.num_results, threads=self.threads, **self.settings)
         if len(hits.rows) == 0:
             return _empty_result(inp)
         starts = np.r_[0, np.flatnonzero(np.diff(hits.qpos)) + 1]

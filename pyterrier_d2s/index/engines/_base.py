@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -97,6 +99,7 @@ class QueryBatch:
 
         Raises:
             TypeError: if a query is not a dict.
+            ValueError: on a NaN or infinite weight (of a known term).
         """
         index = store.term_index
         indptr = [0]
@@ -112,6 +115,8 @@ class QueryBatch:
                     warn_unindexable_query_term(term)
                     continue
                 w = float(w)
+                if not math.isfinite(w):
+                    raise ValueError(f"query weight of {term!r} is not finite: {w}")
                 if w > 0:
                     row[col] = row.get(col, 0.0) + w
             for col in sorted(row):
@@ -233,6 +238,17 @@ def _settings_tag(settings: Mapping[str, Any]) -> str:
     return "-".join(f"{k}{settings[k]}" for k in sorted(settings))
 
 
+def cache_dir(index: D2SIndex, name: str, version: int, settings: Mapping[str, Any] | None = None) -> Path:
+    """Where :func:`cached_build` keeps engine ``name``'s files (it may not exist yet)."""
+    tag = f"{name}-v{version}" + (f"-{_settings_tag(settings)}" if settings else "")
+    return index.path / ENGINES_DIR / tag
+
+
+def is_cached(index: D2SIndex, name: str, version: int, settings: Mapping[str, Any] | None = None) -> bool:
+    """Whether complete engine files are cached in the index directory."""
+    return (cache_dir(index, name, version, settings) / _DONE_FILE).exists()
+
+
 def cached_build(
     index: D2SIndex,
     name: str,
@@ -255,9 +271,10 @@ def cached_build(
         build: the builder.
         settings: build settings that change the files (part of the directory name).
     """
-    tag = f"{name}-v{version}" + (f"-{_settings_tag(settings)}" if settings else "")
-    parent = index.path / ENGINES_DIR
-    final = parent / tag
+    if not index.built():
+        raise FileNotFoundError(f"no built D2S index at {str(index.path)!r}")
+    final = cache_dir(index, name, version, settings)
+    parent, tag = final.parent, final.name
     if (final / _DONE_FILE).exists():
         return final
     try:
@@ -278,8 +295,12 @@ def cached_build(
         tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.tmp-", dir=fallback.parent))
         final = fallback
     try:
+        started = time.perf_counter()
         info = build(tmp)
-        (tmp / _DONE_FILE).write_text(json.dumps({"engine": name, "version": version, **(info or {})}))
+        seconds = round(time.perf_counter() - started, 3)
+        (tmp / _DONE_FILE).write_text(
+            json.dumps({"engine": name, "version": version, "build_seconds": seconds, **(info or {})})
+        )
         try:
             os.rename(tmp, final)
         except OSError:
@@ -295,8 +316,6 @@ def cached_build(
 
 
 def _remove_if_stale(path: Path, age_s: float = 3600.0) -> None:
-    import time
-
     try:
         if time.time() - path.stat().st_mtime > age_s:
             shutil.rmtree(path, ignore_errors=True)

@@ -7,22 +7,32 @@ forward store on first use and cached in ``<index>/engines/seismic-v1-.../``. Se
 bits; the documents it returns are re-scored exactly from the forward store (``rescore=True``), so scores and
 order match the exact engines for every document that is retrieved: only recall is approximate.
 
-Its defaults (``query_cut=10``, ``heap_factor=0.7``) lose recall on expanded D2S queries (hundreds of terms)
-and at large k; ``query_cut`` and ``heap_factor`` left as ``None`` are chosen from k by :func:`auto_knobs`,
-whose table was measured on 123k-document collections of FLOPs 11 and 80 (``benchmarks/latency.py``) to keep
-recall@k >= 0.99 against exact scoring.
+Its defaults (``query_cut=10``, ``heap_factor=0.7``) lose recall on expanded D2S queries (tens to hundreds of
+terms) and at large k; ``query_cut`` and ``heap_factor`` left as ``None`` are chosen per query from k and the
+query's length by :func:`auto_knobs`, measured on 123k-document collections of FLOPs 11 and 80
+(``benchmarks/latency.py``) to keep recall@k >= 0.99 against exact scoring.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ._base import Engine, Hits, MissingDependencyError, QueryBatch, cached_build, require, sort_hits
+from ._base import (
+    Engine,
+    Hits,
+    MissingDependencyError,
+    QueryBatch,
+    cached_build,
+    is_cached,
+    require,
+    sort_hits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +45,19 @@ DEFAULT_BUILD: dict[str, Any] = {
     "summary_energy": 0.4,
 }
 
-#: (largest k, query_cut, heap_factor), first row with k <= largest k wins; measured (benchmarks/latency.py).
-KNOBS: tuple[tuple[int, int, float], ...] = (
-    (10, 20, 0.9),
-    (100, 40, 0.95),
-    (1 << 62, 60, 1.0),
-)
 
+def auto_knobs(k: int, n_terms: int) -> tuple[int, float]:
+    """(query_cut, heap_factor) for top-``k`` retrieval of a query with ``n_terms`` terms.
 
-def auto_knobs(k: int) -> tuple[int, float]:
-    """(query_cut, heap_factor) for top-``k`` retrieval."""
-    for kmax, cut, hf in KNOBS:
-        if k <= kmax:
-            return cut, hf
-    raise AssertionError("unreachable")  # pragma: no cover
+    Measured on 123k-document collections (``benchmarks/latency.py``; queries of ~55 terms at FLOPs 11 and
+    ~306 at FLOPs 80): recall@k >= 0.99 needed ``query_cut`` >= 20 / 40 at k = 10 and >= 40 / 60 at k = 1000
+    (heap_factor 0.9-1.0), i.e. about ``a_k + 0.08 * n_terms`` with ``a_k`` growing from 16 (k = 10) to 36
+    (k = 1000); a 1.25 safety factor is applied on top. pyseismic's own defaults (10, 0.7) reach only
+    recall@10 0.98 / 0.78 and recall@1000 0.86 / 0.61 there.
+    """
+    a = 16.0 + 10.0 * max(0.0, math.log10(max(k, 1) / 10.0))
+    cut = 4 * math.ceil(1.25 * (a + 0.08 * n_terms) / 4)  # multiples of 4: fewer distinct batches
+    return max(1, min(n_terms, cut)), (0.95 if k <= 100 else 1.0)
 
 
 class SeismicEngine(Engine):
@@ -99,8 +108,16 @@ class SeismicEngine(Engine):
             idx.save(str(tmp / "index"))
             return {"build": build}
 
-        tag = {"np": build["n_postings"], "cf": build["centroid_fraction"], "se": build["summary_energy"]}
-        return cached_build(self.index, self.name, VERSION, run, tag)
+        return cached_build(self.index, self.name, VERSION, run, self._tag(build))
+
+    def is_built(self, **build: Any) -> bool:
+        """Whether the Seismic index for these build settings is already cached in the index directory."""
+        return is_cached(self.index, self.name, VERSION, self._tag(build))
+
+    @staticmethod
+    def _tag(build: dict[str, Any]) -> dict[str, Any]:
+        build = {**DEFAULT_BUILD, **build}
+        return {"np": build["n_postings"], "cf": build["centroid_fraction"], "se": build["summary_energy"]}
 
     def seismic_index(self, **build: Any):
         """The loaded :class:`seismic.SeismicIndex`."""
@@ -135,25 +152,30 @@ class SeismicEngine(Engine):
         if n == 0:
             return Hits.empty()
         idx = self.seismic_index(**build)
-        auto_cut, auto_hf = auto_knobs(k)
-        cut = auto_cut if query_cut is None else int(query_cut)
-        hf = auto_hf if heap_factor is None else float(heap_factor)
         st = seismic.get_seismic_string()
-        live = [i for i in range(n) if queries.indptr[i + 1] > queries.indptr[i]]
-        if not live:
-            return Hits.empty()
-        comps = [np.array([str(t) for t in queries.row(i)[0].tolist()], dtype=st) for i in live]
-        vals = [np.ascontiguousarray(queries.row(i)[1], dtype=np.float32) for i in live]
-        ids = np.array([str(i) for i in live], dtype=st)
-        res = idx.batch_search(ids, comps, vals, k, cut, hf, num_threads=max(1, int(threads)))
+        lengths = np.diff(queries.indptr)
+        # queries grouped by their (query_cut, heap_factor): one batch_search call per group
+        groups: dict[tuple[int, float], list[int]] = {}
+        for i in np.flatnonzero(lengths > 0).tolist():
+            auto_cut, auto_hf = auto_knobs(k, int(lengths[i]))
+            knobs = (
+                auto_cut if query_cut is None else int(query_cut),
+                auto_hf if heap_factor is None else float(heap_factor),
+            )
+            groups.setdefault(knobs, []).append(i)
         qpos_l, rows_l, scores_l = [], [], []
-        # pyseismic-lsr 0.5.4 returns the per-query lists in no particular order (even on one thread): each
-        # hit names its query, so map by that rather than by position
-        for hits in res:
-            for qid, score, doc in hits:
-                qpos_l.append(int(qid))
-                rows_l.append(int(doc))
-                scores_l.append(float(score))
+        for (cut, hf), members in groups.items():
+            comps = [np.array([str(t) for t in queries.row(i)[0].tolist()], dtype=st) for i in members]
+            vals = [np.ascontiguousarray(queries.row(i)[1], dtype=np.float32) for i in members]
+            ids = np.array([str(i) for i in members], dtype=st)
+            res = idx.batch_search(ids, comps, vals, k, cut, hf, num_threads=max(1, int(threads)))
+            # pyseismic-lsr 0.5.4 returns the per-query lists in no particular order (even on one thread): each
+            # hit names its query, so map by that rather than by position
+            for hits in res:
+                for qid, score, doc in hits:
+                    qpos_l.append(int(qid))
+                    rows_l.append(int(doc))
+                    scores_l.append(float(score))
         if progress is not None:
             progress(n)
         qpos = np.asarray(qpos_l, dtype=np.int64)

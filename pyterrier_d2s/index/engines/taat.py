@@ -236,35 +236,23 @@ class TaatEngine(Engine):
         rows = np.empty((n, kk), dtype=np.int64)
         scores = np.empty((n, kk), dtype=np.float32)
         counts = np.empty(n, dtype=np.int64)
+        static = (
+            lay["slot"],
+            lay["dense_step"],
+            lay["dense"],
+            lay["post_indptr"],
+            lay["post_docs"],
+            lay["post_w"],
+        )
+        static += (f_indptr, f_indices, f_data, BLOCK)
 
         def run(start: int, stop: int) -> None:
-            acc, qdense, cand, ub = self._buffers(len(f_indptr) - 1, len(lay["slot"]))
+            buffers = self._buffers(len(f_indptr) - 1, len(lay["slot"]))
             for s in range(start, stop, _BATCH):
                 e = min(stop, s + _BATCH)
                 lo, hi = queries.indptr[s], queries.indptr[e]
-                search_many(
-                    queries.indptr[s : e + 1] - lo,
-                    queries.terms[lo:hi],
-                    queries.weights[lo:hi],
-                    kk,
-                    lay["slot"],
-                    lay["dense_step"],
-                    lay["dense"],
-                    lay["post_indptr"],
-                    lay["post_docs"],
-                    lay["post_w"],
-                    f_indptr,
-                    f_indices,
-                    f_data,
-                    BLOCK,
-                    acc,
-                    qdense,
-                    cand,
-                    ub,
-                    rows[s:e],
-                    scores[s:e],
-                    counts[s:e],
-                )
+                part = (queries.indptr[s : e + 1] - lo, queries.terms[lo:hi], queries.weights[lo:hi], kk)
+                search_many(*part, *static, *buffers, rows[s:e], scores[s:e], counts[s:e])
                 if progress is not None:
                     progress(e - s)
 
@@ -275,4 +263,7 @@ class TaatEngine(Engine):
             bounds = np.linspace(0, n, threads + 1).astype(int)
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(run, bounds[:-1], bounds[1:]))
+        if n == 1:  # the latency path: no masks
+            c = int(counts[0])
+            return Hits(np.zeros(c, np.int64), rows[0, :c], scores[0, :c].astype(np.float64))
         return Hits.from_padded(rows, scores, counts)
