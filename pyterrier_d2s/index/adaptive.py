@@ -243,13 +243,15 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
     ) -> D2SAdaptiveRetriever:
         """A fixed-depth copy whose depth is the smallest of ``depths`` reaching ``target_recall``.
 
+        ``depths`` defaults to k, 2k, 4k, ... up to the collection size.
+
         Recall@k is measured against exact retrieval of the expanded queries of ``sample`` (a query frame as
         for :meth:`transform`). The returned retriever is approximate: the target holds on the sample, not as a
         guarantee; ``calibration`` on it records the recall of every depth tried.
         """
         fwd = self.index.forward()
         n_docs = len(fwd.docnos)
-        default = [self.num_results * m for m in (1, 2, 5, 10, 20, 50, 100, 200, 500)]
+        default = [self.num_results * 2**i for i in range(40) if self.num_results * 2 ** (i - 1) < n_docs]
         depths = sorted({min(int(d), n_docs) for d in (depths or default)})
         full = QueryBatch.from_toks(fwd, sample["query_toks"])
         seeds = self._seed_sets(sample)

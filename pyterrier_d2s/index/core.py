@@ -48,11 +48,13 @@ def _check_docno(docno: str) -> None:
 
 
 class D2SIndex(pta.Artifact, pt.Indexer):
-    """A learned-sparse index for D2S vectors: PISA for fast retrieval, a forward store for exact scoring.
+    """A learned-sparse index for D2S vectors: a forward store of the exact vectors, PISA, and other engines.
 
     The directory holds ``pisa/`` (a pyterrier-pisa index, ``stemmer='none'``, quantised impacts),
     ``forward.npz`` (CSR float32, documents x terms), ``terms.txt``, ``docnos.txt`` and ``pt_meta.json``
-    (type ``sparse_index``, format ``d2s``, with the quantisation scales and statistics).
+    (type ``sparse_index``, format ``d2s``, with the quantisation scales and statistics). Engines with files of
+    their own (``taat``, ``seismic``) add them under ``engines/`` on first use (see :meth:`retriever`); an index
+    without that directory (e.g. built by an earlier version) is complete.
 
     Scores from every engine are in float dot-product units: PISA's integer scores are divided by
     ``doc_scale * query_scale`` (see :mod:`pyterrier_d2s.index.quantisation` for the error bound).
