@@ -1,9 +1,8 @@
 """Retrieval latency of the D2S index on synthetic collections with the sparsity of a trained D2S head.
 
-Builds a 123k-document collection (``--small``: 12k) over ~30k terms whose term popularity is Zipf-like and
-whose per-vector non-zeros are tuned so that FLOPs (mean number of co-activated terms per query/document pair,
-``sum_k n_q(k) n_d(k) / (|Q| |D|)``) is about 11 and about 80. Each query also has an "unexpanded" version: a
-random 8-12 of its terms (standing for the caption's own tokens).
+Builds a 123k-document collection (``--small``: 12k) with ``benchmarks/synthetic.py`` (FLOPs about 11 and
+about 80; each query also has an "unexpanded" version). This script times the PISA engine (and scipy exact
+scoring); ``benchmarks/latency.py`` compares every engine.
 
 Latency is end to end through the D2S transformers, one query per call, on one thread: pandas framing,
 query quantisation and PISA (or the exact scorer). Each setting is timed on the first queries until all are
@@ -29,72 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyterrier as pt
-import scipy.sparse as sp
+from synthetic import make_collection
 
 from pyterrier_d2s.index import DEFAULT_ALGORITHM, D2SIndex
 
 logger = logging.getLogger("retrieval_latency")
-
-N_TERMS = 30_000
-ZIPF_EXPONENT = 1.0
-
-
-def inclusion_probs(nnz: float, zipf: np.ndarray) -> np.ndarray:
-    """Per-term activation probabilities p_k = min(1, c * pi_k) with sum p_k = nnz (Poisson sampling)."""
-    lo, hi = 0.0, 1e12
-    for _ in range(200):
-        c = (lo + hi) / 2
-        if np.minimum(1.0, c * zipf).sum() < nnz:
-            lo = c
-        else:
-            hi = c
-    return np.minimum(1.0, hi * zipf)
-
-
-def nnz_for_flops(flops: float, zipf: np.ndarray) -> float:
-    """Vector non-zeros (same for queries and documents) giving an expected FLOPs of ``flops``."""
-    lo, hi = 1.0, float(len(zipf))
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        p = inclusion_probs(mid, zipf)
-        if float(p @ p) < flops:
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
-def sample_matrix(rng: np.random.Generator, rows: int, p: np.ndarray) -> sp.csr_matrix:
-    """rows x terms matrix: term k active in each row independently with probability p_k; log(1+relu)-like weights."""
-    counts = rng.binomial(rows, p)
-    cols = [rng.choice(rows, size=int(n), replace=False) if n < rows else np.arange(rows) for n in counts]
-    indptr = np.r_[0, np.cumsum(counts)]
-    indices = np.concatenate(cols).astype(np.int32)
-    data = np.log1p(rng.gamma(0.7, 2.0, size=len(indices))).clip(1e-4, 4.0).astype(np.float32)
-    return sp.csc_matrix((data, indices, indptr), shape=(rows, len(p))).tocsr()
-
-
-def achieved_flops(docs: sp.csr_matrix, queries: sp.csr_matrix) -> float:
-    n_d = np.bincount(docs.indices, minlength=docs.shape[1]).astype(np.float64)
-    n_q = np.bincount(queries.indices, minlength=queries.shape[1]).astype(np.float64)
-    return float(n_q @ n_d / (docs.shape[0] * queries.shape[0]))
-
-
-def to_dicts(m: sp.csr_matrix, terms: np.ndarray) -> list[dict[str, float]]:
-    out = []
-    for i in range(m.shape[0]):
-        lo, hi = m.indptr[i], m.indptr[i + 1]
-        out.append(dict(zip(terms[m.indices[lo:hi]].tolist(), m.data[lo:hi].tolist(), strict=True)))
-    return out
-
-
-def unexpanded(rng: np.random.Generator, queries: list[dict[str, float]]) -> list[dict[str, float]]:
-    out = []
-    for q in queries:
-        keys = list(q)
-        m = min(len(keys), int(rng.integers(8, 13)))
-        out.append({k: q[k] for k in rng.choice(keys, size=m, replace=False).tolist()})
-    return out
 
 
 def dir_mb(path: Path) -> float:
@@ -132,18 +70,8 @@ def run(
     algorithms: list[str],
     algorithms_only: bool = False,
 ) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    zipf = 1.0 / np.arange(1, N_TERMS + 1) ** ZIPF_EXPONENT
-    zipf /= zipf.sum()
-    # shuffle term names so popularity is unrelated to lexicographic order
-    terms = np.array([f"t{i:05d}" for i in rng.permutation(N_TERMS)])
-    nnz = nnz_for_flops(flops_target, zipf)
-    p = inclusion_probs(nnz, zipf)
-    docs = sample_matrix(rng, n_docs, p)
-    qmat = sample_matrix(rng, n_queries, p)
-    flops = achieved_flops(docs, qmat)
-    logger.info("FLOPs target %.0f: %.1f nnz/vector, achieved FLOPs %.2f", flops_target, nnz, flops)
-    docnos = np.array([f"d{i}" for i in range(n_docs)])
+    coll = make_collection(flops_target, n_docs, n_queries, seed)
+    docs, docnos, terms, nnz, flops = coll.docs, coll.docnos, coll.terms, coll.nnz_per_vector, coll.flops
 
     path = workdir / f"flops{flops_target:.0f}.d2s"
     shutil.rmtree(path, ignore_errors=True)
@@ -154,9 +82,7 @@ def run(
     logger.info("built in %.1f s, %.0f MB (pisa %.0f MB), meta %s", build_s, index_mb, pisa_mb, index.meta)
     del docs
 
-    qids = [f"q{i}" for i in range(n_queries)]
-    expanded = to_dicts(qmat, terms)
-    short = unexpanded(rng, expanded)
+    qids, expanded, short = coll.qids, coll.expanded, coll.short
     exp_by_qid = dict(zip(qids, expanded, strict=True))
     frames_exp = pd.DataFrame({"qid": qids, "query_toks": expanded})
     frames_short = pd.DataFrame({"qid": qids, "query_toks": short})
@@ -177,15 +103,18 @@ def run(
 
     out = []
     for k in ks:
-        settings = [("pisa", alg, True, index.retriever(k, algorithm=alg), frames_exp) for alg in algorithms]
+        settings = [
+            ("pisa", alg, True, index.retriever(k, engine="pisa", algorithm=alg), frames_exp)
+            for alg in algorithms
+        ]
         if not algorithms_only:
-            rescore = index.retriever(k, algorithm=DEFAULT_ALGORITHM) >> swap >> index.scorer()
+            rescore = index.retriever(k, engine="pisa", algorithm=DEFAULT_ALGORITHM) >> swap >> index.scorer()
             settings += [
                 (
                     "pisa",
                     DEFAULT_ALGORITHM,
                     False,
-                    index.retriever(k, algorithm=DEFAULT_ALGORITHM),
+                    index.retriever(k, engine="pisa", algorithm=DEFAULT_ALGORITHM),
                     frames_short,
                 ),
                 (

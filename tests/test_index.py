@@ -200,7 +200,7 @@ def test_bound_holds_with_coarse_quantisation(coll, tmp_path):
 
 
 def test_pisa_returns_only_matching_docs_and_misses_only_tiny_ones(index, coll):
-    res = _by_qid(index.retriever(num_results=N_DOCS)(coll.frame()))
+    res = _by_qid(index.retriever(num_results=N_DOCS, engine="pisa")(coll.frame()))
     for qi, qid in enumerate(coll.qids):
         exact = coll.exact(qi)
         matching = set(coll.docnos[exact > 0])
@@ -216,7 +216,7 @@ def test_engines_return_identical_sets_when_k_covers_all_matches(tmp_path):
     c = Collection(seed=2, low=0.1)
     idx = D2SIndex(tmp_path / "coarse", verbose=False).index_matrix(c.docnos, c.docs, TERMS)
     assert 0.1 * idx.doc_scale >= 1 and 0.1 * idx.query_scale >= 1
-    pisa = _by_qid(idx.retriever(num_results=N_DOCS)(c.frame()))
+    pisa = _by_qid(idx.retriever(num_results=N_DOCS, engine="pisa")(c.frame()))
     exact = _by_qid(idx.retriever(num_results=N_DOCS, engine="exact")(c.frame()))
     for qi, qid in enumerate(c.qids):
         assert set(pisa[qid]["docno"]) == set(exact[qid]["docno"]) == set(c.docnos[c.exact(qi) > 0])
@@ -236,7 +236,7 @@ def test_exact_engine_equals_brute_force(index, coll):
         assert (got["extra"] == qi).all()
 
 
-@pytest.mark.parametrize("engine", ["pisa", "exact"])
+@pytest.mark.parametrize("engine", ["pisa", "exact", "taat"])
 def test_empty_and_unknown_queries(index, engine, caplog, monkeypatch):
     import pyterrier_d2s.index._store as store
 
@@ -270,14 +270,18 @@ def test_input_validation(index):
 
 
 def test_rank_cutoff_and_repr(index, coll):
-    res = (index.retriever(num_results=50) % 5)(coll.frame())
-    assert res.groupby("qid").size().max() == 5
-    assert "D2SIndex(" in repr(index.retriever()) and "maxscore" in repr(index.retriever())
+    for engine in ["pisa", "taat"]:
+        res = (index.retriever(num_results=50, engine=engine) % 5)(coll.frame())
+        assert res.groupby("qid").size().max() == 5
+    assert "D2SIndex(" in repr(index.retriever()) and "engine='taat'" in repr(index.retriever())
+    assert "maxscore" in repr(index.retriever(engine="pisa"))
+    # PISA settings without an engine name still mean PISA (as before engines existed)
+    assert "engine='pisa'" in repr(index.retriever(algorithm="wand"))
     assert repr(index.scorer()).endswith(".scorer()")
 
 
 def test_inspect(index):
-    for engine in ["pisa", "exact"]:
+    for engine in ["pisa", "exact", "taat"]:
         retr = index.retriever(engine=engine)
         assert pt.inspect.transformer_inputs(retr) == [["qid", "query_toks"]]
         assert pt.inspect.transformer_outputs(retr, ["qid", "query_toks"]) == [
@@ -341,7 +345,7 @@ def test_score_api(index, coll):
 
 def test_retrieve_then_rescore_pipeline_and_experiment(index, coll):
     k = 10
-    pipe = index.retriever(num_results=k) >> index.scorer()
+    pipe = index.retriever(num_results=k, engine="pisa") >> index.scorer()
     res = _by_qid(pipe(coll.frame()))
     for qi, qid in enumerate(coll.qids):
         got = res[qid]
@@ -359,7 +363,7 @@ def test_retrieve_then_rescore_pipeline_and_experiment(index, coll):
         }
     )
     exp = pt.Experiment(
-        [index.retriever(num_results=k, engine="exact"), pipe, index.retriever(num_results=k)],
+        [index.retriever(num_results=k, engine="exact"), pipe, index.retriever(num_results=k, engine="pisa")],
         coll.frame(),
         qrels,
         eval_metrics=[ir_measures.R @ 1, ir_measures.R @ 10],
@@ -385,8 +389,8 @@ def test_reopen_and_artifact_load(index, coll, monkeypatch):
     dense[:, cols] = fwd.matrix.toarray()
     np.testing.assert_array_equal(dense, coll.dense_docs)
     # same retrieval as the original object
-    a = again.retriever(num_results=5)(coll.frame())
-    b = index.retriever(num_results=5)(coll.frame())
+    a = again.retriever(num_results=5, engine="pisa")(coll.frame())
+    b = index.retriever(num_results=5, engine="pisa")(coll.frame())
     assert a[["qid", "docno"]].equals(b[["qid", "docno"]])
     # pta.Artifact.load through the entry point declared in setup.cfg (installed metadata is not ours to edit)
     ep = importlib.metadata.EntryPoint(
@@ -489,9 +493,10 @@ def test_overwrite_rules(tmp_path):
     assert (other / "precious.txt").read_text() == "keep"
 
 
-def test_threads_give_same_results(index, coll):
-    one = index.retriever(num_results=20, threads=1)(coll.frame())
-    two = index.retriever(num_results=20, threads=2)(coll.frame())
+@pytest.mark.parametrize("engine", ["pisa", "taat"])
+def test_threads_give_same_results(index, coll, engine):
+    one = index.retriever(num_results=20, engine=engine, threads=1)(coll.frame())
+    two = index.retriever(num_results=20, engine=engine, threads=2)(coll.frame())
     pd.testing.assert_frame_equal(
         one[["qid", "docno", "score", "rank"]], two[["qid", "docno", "score", "rank"]]
     )

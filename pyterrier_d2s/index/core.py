@@ -27,12 +27,9 @@ logger = logging.getLogger(__name__)
 META_FILE = "pt_meta.json"
 _REQUIRED_FILES = (META_FILE, FORWARD_FILE, TERMS_FILE, DOCNOS_FILE, f"{PISA_DIR}/{META_FILE}")
 
-#: Default PISA query algorithm: the fastest measured on expanded D2S-like queries. ``benchmarks/retrieval_latency.py
-#: --algorithms-only`` (123k docs, one thread, ms/query end to end at k=10; FLOPs ~11 | ~80):
-#: maxscore 20.9 | 155, block_max_maxscore 30.0 | 292, ranked_or (exhaustive) 28.6 | 254, wand 72.5 | 706,
-#: block_max_wand (pyterrier-pisa's default) 88.5 | 752. Queries with hundreds of terms defeat WAND's pivoting
-#: and block-max skipping, while MaxScore cheaply sets aside the many low-impact terms.
-DEFAULT_ALGORITHM = "maxscore"
+#: Engine of :meth:`D2SIndex.retriever` when none is named: the fastest exact engine on expanded queries in
+#: ``benchmarks/latency.py`` (see README, "Engines"); ``"exact"`` (scipy) stands in if numba cannot be imported.
+DEFAULT_ENGINE = "taat"
 
 
 def _check_term(term: str) -> None:
@@ -51,11 +48,13 @@ def _check_docno(docno: str) -> None:
 
 
 class D2SIndex(pta.Artifact, pt.Indexer):
-    """A learned-sparse index for D2S vectors: PISA for fast retrieval, a forward store for exact scoring.
+    """A learned-sparse index for D2S vectors: a forward store of the exact vectors, PISA, and other engines.
 
     The directory holds ``pisa/`` (a pyterrier-pisa index, ``stemmer='none'``, quantised impacts),
     ``forward.npz`` (CSR float32, documents x terms), ``terms.txt``, ``docnos.txt`` and ``pt_meta.json``
-    (type ``sparse_index``, format ``d2s``, with the quantisation scales and statistics).
+    (type ``sparse_index``, format ``d2s``, with the quantisation scales and statistics). Engines with files of
+    their own (``taat``, ``seismic``) add them under ``engines/`` on first use (see :meth:`retriever`); an index
+    without that directory (e.g. built by an earlier version) is complete.
 
     Scores from every engine are in float dot-product units: PISA's integer scores are divided by
     ``doc_scale * query_scale`` (see :mod:`pyterrier_d2s.index.quantisation` for the error bound).
@@ -190,40 +189,90 @@ class D2SIndex(pta.Artifact, pt.Indexer):
     def retriever(
         self,
         num_results: int = 1000,
-        engine: str = "pisa",
-        algorithm: str = DEFAULT_ALGORITHM,
+        engine: str | None = None,
+        algorithm: str | None = None,
         threads: int = 1,
         *,
         toks_scale: float | None = None,
         verbose: bool = False,
+        **settings: Any,
     ) -> pt.Transformer:
         """A retriever mapping ``qid`` + ``query_toks`` frames to ranked results.
 
+        Engines (one module each under :mod:`pyterrier_d2s.index.engines`; see the README's "Engines" table for
+        measured latencies):
+
+        - ``"taat"`` (default): exact top-k; a compiled (numba) pass computes an upper bound of every
+          document's score from byte-quantised columns of the popular terms plus the rare terms' posting lists,
+          then documents are scored exactly in bound order until no bound can beat the k-th score. The fastest
+          engine on expanded queries in ``benchmarks/latency.py`` (and exact), hence the default. Its layout is
+          built from the forward store on first use and cached under ``<index>/engines/``.
+        - ``"exact"``: exhaustive scipy products over the forward store; the ground truth, and the fallback
+          default when numba cannot be imported.
+        - ``"pisa"``: PISA dynamic pruning over the quantised impacts (scores within
+          :meth:`error_bound` of exact). Settings: ``algorithm`` (default ``maxscore``: PISA's own default
+          block-max WAND is 4-5x slower on expanded queries), ``toks_scale``.
+        - ``"seismic"``: approximate (pyseismic-lsr, ``pip install 'pyterrier-d2s[seismic]'``), re-scored
+          exactly; ``query_cut``/``heap_factor`` default to values chosen from k that keep recall@k >= 0.99 on
+          the benchmark collections.
+
         Args:
             num_results: results per query (k).
-            engine: ``"pisa"`` (quantised impacts, dynamic pruning) or ``"exact"`` (float dot products over the
-                forward store, exhaustive; the ground truth). On expanded queries over ~100k documents the exact
-                engine is not slower (see the benchmark); PISA pays off on short (unexpanded) queries.
-            algorithm: PISA query algorithm (``maxscore`` default; ``block_max_wand``, ``wand``,
-                ``block_max_maxscore``, ``ranked_or``, ...). Ignored by the exact engine.
-            threads: PISA query threads.
-            toks_scale: query scale ``t``; ``None`` uses the index's ``query_scale``.
+            engine: engine name; ``None`` means ``"taat"``, or ``"pisa"`` when ``algorithm`` or ``toks_scale``
+                is given (PISA settings, as before engines existed).
+            algorithm: PISA query algorithm (``engine="pisa"`` only).
+            threads: threads for batches of queries (results do not depend on it).
+            toks_scale: PISA query scale ``t``; ``None`` uses the index's ``query_scale``.
             verbose: progress bar over queries.
-        """
-        from .transformers import D2SExactRetriever, D2SPisaRetriever
+            **settings: other engine-specific settings (see each engine class).
 
-        if engine == "pisa":
-            return D2SPisaRetriever(
-                self,
-                num_results=num_results,
-                algorithm=algorithm,
-                threads=threads,
-                toks_scale=toks_scale,
-                verbose=verbose,
-            )
-        if engine == "exact":
-            return D2SExactRetriever(self, num_results=num_results, verbose=verbose)
-        raise ValueError(f"unknown engine {engine!r}; expected 'pisa' or 'exact'")
+        Raises:
+            ValueError: unknown engine.
+            TypeError: a setting the engine does not take.
+            MissingDependencyError: the engine's optional dependency is missing (the message says what to
+                install).
+        """
+        from .engines import MissingDependencyError
+        from .transformers import D2SRetriever
+
+        pisa_settings = {
+            k: v for k, v in (("algorithm", algorithm), ("toks_scale", toks_scale)) if v is not None
+        }
+        if engine is None:
+            if pisa_settings:
+                engine = "pisa"
+            else:
+                engine = DEFAULT_ENGINE
+                try:
+                    from .engines import engine_class
+
+                    engine_class(engine).check_available()
+                except MissingDependencyError as e:
+                    logger.warning("%s; using the scipy 'exact' engine instead", e)
+                    engine = "exact"
+        return D2SRetriever(
+            self,
+            num_results=num_results,
+            engine=engine,
+            threads=threads,
+            verbose=verbose,
+            **pisa_settings,
+            **settings,
+        )
+
+    def adaptive_retriever(self, num_results: int = 10, **kwargs: Any) -> pt.Transformer:
+        """ "No expansion >> expansion" at a certified (exact) or calibrated candidate depth.
+
+        Retrieves with a seed of each expanded query (its own terms via ``seed_column``, or its heaviest
+        ``seed_terms`` terms), re-scores the candidates exactly with the whole query, and deepens until a bound
+        proves that no other document can enter the top-k (falling back to exact retrieval past ``max_depth``);
+        or, with ``depth=`` / :meth:`~pyterrier_d2s.index.adaptive.D2SAdaptiveRetriever.calibrate`, uses a
+        fixed depth chosen for a target recall on a sample of queries. See
+        :class:`~pyterrier_d2s.index.adaptive.D2SAdaptiveRetriever` for the arguments and the bound.
+        """
+        from .adaptive import D2SAdaptiveRetriever
+
+        return D2SAdaptiveRetriever(self, num_results, **kwargs)
 
     def scorer(self, verbose: bool = False) -> pt.Transformer:
         """A re-ranker replacing ``score`` by the exact float dot product of ``query_toks`` with each stored vector."""
@@ -411,6 +460,8 @@ class D2SIndexer(pt.Indexer):
         self._index._meta = None
         self._index._forward = None
         self._index._pisa = None
+        self._index.__dict__.pop("_engines", None)
+        self._index.__dict__.pop("_taat_forward", None)
         return self._index
 
     # ---- helpers ----------------------------------------------------------------------------------------

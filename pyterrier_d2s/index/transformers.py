@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 from tqdm.auto import tqdm
 
-from ._store import warn_unindexable_query_term
+from .engines import Hits, QueryBatch
 
 if TYPE_CHECKING:
     from .core import D2SIndex
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _RESULT_COLUMNS = ["docno", "score", "rank"]
-_POS = "_d2s_qpos"
 
 
 def _empty_result(inp: pd.DataFrame) -> pd.DataFrame:
@@ -60,11 +58,96 @@ class _QueryToksRetriever(pt.Transformer):
         return _query_outputs(input_columns)
 
 
-class D2SPisaRetriever(_QueryToksRetriever):
+class D2SRetriever(_QueryToksRetriever):
+    """Top-k retrieval from a :class:`D2SIndex` with one of its engines (see :mod:`pyterrier_d2s.index.engines`).
+
+    Input: ``qid`` + ``query_toks`` (``{term: weight}``); output: the query columns + ``docno``, ``score``
+    (float dot-product units), ``rank`` (0-based), best first, ties by index order. Query terms the index does
+    not know are dropped (a query left with none gets no rows); only documents sharing a term with the query
+    are returned. The engine's data structures are built or loaded on the first call, not at construction.
+
+    Args:
+        index: the index.
+        num_results: k.
+        engine: engine name (``"taat"``, ``"exact"``, ``"pisa"``, ``"seismic"``).
+        threads: threads for a batch of queries (results do not depend on it).
+        verbose: progress bar over queries.
+        **settings: engine-specific settings (e.g. ``algorithm`` for PISA, ``query_cut`` for Seismic).
+    """
+
+    def __init__(
+        self,
+        index: D2SIndex,
+        num_results: int = 1000,
+        engine: str = "taat",
+        threads: int = 1,
+        verbose: bool = False,
+        **settings,
+    ):
+        from .engines import engine_class
+
+        cls = engine_class(engine)
+        cls.check_available()
+        self.index = index
+        self.num_results = int(num_results)
+        self.engine_name = engine
+        self.threads = int(threads)
+        self.verbose = verbose
+        self.settings = cls.validate_settings(settings)
+        self._given = dict(settings)
+
+    @property
+    def engine(self):
+        """The engine object (shared by every retriever of the same index object)."""
+        from .engines import get_engine
+
+        return get_engine(self.index, self.engine_name)
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.settings.items() if v is not None)
+        return (
+            f"{self.index!r}.retriever(num_results={self.num_results}, engine={self.engine_name!r}"
+            f"{extra}, threads={self.threads})"
+        )
+
+    def _with_k(self, k: int) -> D2SRetriever:
+        return D2SRetriever(self.index, k, self.engine_name, self.threads, self.verbose, **self._given)
+
+    def fuse_rank_cutoff(self, k: int) -> D2SRetriever | None:
+        """``retriever % k`` retrieves only k results."""
+        return self._with_k(k) if k < self.num_results else None
+
+    def search(self, queries: QueryBatch) -> Hits:
+        """Engine-level search for an encoded batch (no DataFrames): ``Hits`` of rows of the forward store."""
+        return self.engine.search(queries, self.num_results, threads=self.threads, **self.settings)
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Retrieve ``num_results`` documents per query."""
+        pta.validate.query_frame(inp, extra_columns=["query_toks"])
+        if len(inp) == 0:
+            return _empty_result(inp)
+        fwd = self.index.forward()
+        queries = QueryBatch.from_toks(fwd, inp["query_toks"])
+        if self.verbose:
+            with tqdm(total=len(inp), desc=f"D2S {self.engine_name}", unit="query") as bar:
+                hits = self.engine.search(
+                    queries, self.num_results, threads=self.threads, progress=bar.update, **self.settings
+                )
+        else:  # no tqdm object at all: creating a disabled one costs ~0.1 ms per call
+            hits = self.engine.search(queries, self.num_results, threads=self.threads, **self.settings)
+        if len(hits.rows) == 0:
+            return _empty_result(inp)
+        starts = np.r_[0, np.flatnonzero(np.diff(hits.qpos)) + 1]
+        ranks = np.arange(len(hits.qpos)) - np.repeat(starts, np.diff(np.r_[starts, len(hits.qpos)]))
+        return _assemble(inp, hits.qpos, fwd.docnos[hits.rows].astype(object), hits.scores, ranks)
+
+
+class D2SPisaRetriever(D2SRetriever):
     """Top-k retrieval with PISA over the quantised impacts; scores are divided back into float units.
 
     Query terms the index does not know are dropped before PISA sees them (so PISA's lower-casing of query
     terms cannot make an unknown term match), and each remaining weight is sent as ``floor(t * w)`` copies.
+    Same as ``index.retriever(engine="pisa", ...)``.
     """
 
     def __init__(
@@ -76,29 +159,11 @@ class D2SPisaRetriever(_QueryToksRetriever):
         toks_scale: float | None = None,
         verbose: bool = False,
     ):
-        from pyterrier_pisa import PisaQueryAlgorithm, PisaRetrieve
-
-        self.index = index
-        self.num_results = int(num_results)
-        self.algorithm = PisaQueryAlgorithm(algorithm).value
-        self.threads = int(threads)
-        self.toks_scale = toks_scale
-        self.verbose = verbose
-        self._t = index.query_scale if toks_scale is None else float(toks_scale)
-        self._warned = False
-        self._pisa = PisaRetrieve(
-            index.pisa_index(),
-            scorer="quantized",
-            num_results=self.num_results,
-            threads=self.threads,
-            query_algorithm=self.algorithm,
-            # weights are quantised here, in float64, so PISA must not rescale them (numpy 2 would multiply a
-            # float32 weight in float32 and floor differently)
-            toks_scale=1.0,
-            # BERT's vocabulary contains stopwords ("a", "the"): they are real terms here
-            stops="none",
-            verbose=verbose,
+        super().__init__(
+            index, num_results, "pisa", threads, verbose, algorithm=algorithm, toks_scale=toks_scale
         )
+        self.algorithm = self.settings["algorithm"]
+        self.toks_scale = toks_scale
 
     def __repr__(self) -> str:
         return (
@@ -106,162 +171,25 @@ class D2SPisaRetriever(_QueryToksRetriever):
             f"algorithm={self.algorithm!r}, threads={self.threads})"
         )
 
-    def fuse_rank_cutoff(self, k: int) -> D2SPisaRetriever | None:
-        """``retriever % k`` retrieves only k results."""
-        if k < self.num_results:
-            return D2SPisaRetriever(
-                self.index, k, self.algorithm, self.threads, self.toks_scale, self.verbose
-            )
-        return None
-
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        """Retrieve ``num_results`` documents per query."""
-        pta.validate.query_frame(inp, extra_columns=["query_toks"])
-        if len(inp) == 0:
-            return _empty_result(inp)
-        known = self.index.forward().term_index
-        t = self._t
-        quantised = []
-        kept_mass = total_mass = 0.0
-        for toks in inp["query_toks"]:
-            if not isinstance(toks, dict):
-                raise TypeError(f"query_toks must be a dict of {{term: weight}}, got {type(toks).__name__}")
-            q = {}
-            for term, w in toks.items():
-                w = float(w)
-                if w > 0 and term in known:
-                    total_mass += w
-                    n = math.floor(w * t)
-                    if n > 0:
-                        q[term] = float(n)
-                        kept_mass += n / t
-                elif term not in known:
-                    warn_unindexable_query_term(term)
-            quantised.append(q)
-        lost = (total_mass - kept_mass) / total_mass if total_mass > 0 else 0.0
-        logger.debug("query scale %g loses %.4f%% of the batch's query weight mass", t, 100 * lost)
-        if lost >= self.index.meta["max_mass_loss"] and not self._warned:
-            self._warned = True  # once per retriever: single-query batches would flood the log
-            logger.warning(
-                "query scale %g loses %.3f%% of this batch's query weight mass (limit %.3f%%); "
-                "pass toks_scale=index.choose_query_scale(sample) to the retriever",
-                t,
-                100 * lost,
-                100 * self.index.meta["max_mass_loss"],
-            )
-        qpos, docnos, scores = self._search(inp, quantised)
-        # ranks restart at 0 for each query; results come grouped by query, best first
-        starts = np.r_[0, np.flatnonzero(np.diff(qpos)) + 1]
-        ranks = np.arange(len(qpos)) - np.repeat(starts, np.diff(np.r_[starts, len(qpos)]))
-        return _assemble(inp, qpos, docnos, scores / (self.index.doc_scale * t), ranks)
-
-    def _search(self, inp: pd.DataFrame, quantised: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query position, docno, integer PISA score) of every hit, grouped by query in input order."""
-        from pyterrier_pisa import _pisathon
-
-        pisa = self._pisa
-        pisa.reset_retrieval_context()
-        try:
-            # Direct call into pyterrier-pisa's extension (as PisaRetrieve.transform does): going through
-            # PisaRetrieve's DataFrame plumbing costs ~1.3 ms per call, 10x PISA's own time on short queries.
-            size = len(inp) * self.num_results
-            qidx = np.empty(size, dtype=np.int32)
-            docnos = np.empty(size, dtype=object)
-            ranks = np.empty(size, dtype=np.int32)
-            scores = np.empty(size, dtype=np.float32)
-            items = [(i, q) for i, q in enumerate(quantised) if q]
-            if self.verbose:
-                items = tqdm(items, desc="D2S PISA", unit="query")
-            n = _pisathon.retrieve(
-                pisa._ctxt,
-                self.algorithm,
-                items,
-                k=self.num_results,
-                threads=self.threads,
-                query_weighted=1,
-                pretokenised=True,
-                result_qidxs=qidx,
-                result_docnos=docnos,
-                result_ranks=ranks,
-                result_scores=scores,
-            )
-            qidx, docnos, scores = qidx[:n], docnos[:n], scores[:n]
-            if self.threads > 1:  # threads may finish out of order
-                order = np.lexsort((ranks[:n], qidx))
-                qidx, docnos, scores = qidx[order], docnos[order], scores[order]
-            return qidx.astype(np.int64), docnos, scores.astype(np.float64)
-        except (AttributeError, TypeError) as e:  # pragma: no cover - a pyterrier-pisa API change
-            logger.debug("falling back to PisaRetrieve.transform: %s", e)
-            frame = pd.DataFrame(
-                {"qid": inp["qid"].to_numpy(), "query_toks": quantised, _POS: np.arange(len(inp))}
-            )
-            res = pisa.transform(frame)
-            return (
-                res[_POS].to_numpy(),
-                res["docno"].to_numpy(dtype=object),
-                res["score"].to_numpy(dtype=np.float64),
-            )
+    def _with_k(self, k: int) -> D2SPisaRetriever:
+        return D2SPisaRetriever(self.index, k, self.algorithm, self.threads, self.toks_scale, self.verbose)
 
 
-class D2SExactRetriever(_QueryToksRetriever):
-    """Exhaustive top-k by exact float dot products over the forward store (ground truth; no quantisation).
+class D2SExactRetriever(D2SRetriever):
+    """Exhaustive top-k by exact float dot products over the forward store (scipy; the ground truth).
 
     Only documents sharing at least one positive-weight term with the query are returned. Ties are broken
-    by index order, as PISA does.
+    by index order, as PISA does. Same as ``index.retriever(engine="exact", ...)``.
     """
 
-    batch_size = 256
-
     def __init__(self, index: D2SIndex, num_results: int = 1000, verbose: bool = False):
-        self.index = index
-        self.num_results = int(num_results)
-        self.verbose = verbose
+        super().__init__(index, num_results, "exact", 1, verbose)
 
     def __repr__(self) -> str:
         return f"{self.index!r}.retriever(num_results={self.num_results}, engine='exact')"
 
-    def fuse_rank_cutoff(self, k: int) -> D2SExactRetriever | None:
-        """``retriever % k`` retrieves only k results."""
-        return D2SExactRetriever(self.index, k, self.verbose) if k < self.num_results else None
-
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        """Retrieve ``num_results`` documents per query."""
-        pta.validate.query_frame(inp, extra_columns=["query_toks"])
-        if len(inp) == 0:
-            return _empty_result(inp)
-        fwd = self.index.forward()
-        postings = fwd.transposed
-        k = self.num_results
-        qpos, rows, scores, ranks = [], [], [], []
-        starts = range(0, len(inp), self.batch_size)
-        for start in tqdm(starts, desc="D2S exact", unit="batch", disable=not self.verbose):
-            q = fwd.query_matrix(list(inp["query_toks"].iloc[start : start + self.batch_size]))
-            s = (q @ postings).tocsr()
-            for i in range(s.shape[0]):
-                lo, hi = s.indptr[i], s.indptr[i + 1]
-                docs, vals = s.indices[lo:hi], s.data[lo:hi]
-                keep = vals > 0
-                docs, vals = docs[keep], vals[keep]
-                if len(vals) > k:
-                    # argpartition may cut through a tie at the k-th score: keep every tied doc, then trim
-                    kth = np.partition(vals, len(vals) - k)[len(vals) - k]
-                    sel = vals >= kth
-                    docs, vals = docs[sel], vals[sel]
-                order = np.lexsort((docs, -vals))[:k]
-                qpos.append(np.full(len(order), start + i))
-                rows.append(docs[order])
-                scores.append(vals[order])
-                ranks.append(np.arange(len(order)))
-        if not qpos:
-            return _empty_result(inp)
-        rows_ = np.concatenate(rows)
-        return _assemble(
-            inp,
-            np.concatenate(qpos),
-            fwd.docnos[rows_].astype(object),
-            np.concatenate(scores),
-            np.concatenate(ranks),
-        )
+    def _with_k(self, k: int) -> D2SExactRetriever:
+        return D2SExactRetriever(self.index, k, self.verbose)
 
 
 class D2SScorer(pt.Transformer):

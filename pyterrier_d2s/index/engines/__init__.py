@@ -1,0 +1,61 @@
+"""Retrieval engines of a :class:`~pyterrier_d2s.index.D2SIndex`, one module each, behind one interface.
+
+========== ======= ==================================================================== ==================
+engine     exact   how                                                                  needs
+========== ======= ==================================================================== ==================
+``taat``   yes     compiled upper-bound pass (byte columns + short posting lists), then  numba (core)
+                   exact re-scoring in bound order until no bound can beat the k-th
+``exact``  yes     scipy sparse products over the forward store (the ground truth)      scipy (core)
+``pisa``   ~       PISA dynamic pruning over quantised impacts (error bound known)       pyterrier-pisa
+``seismic`` no     Seismic (static pruning + block summaries), re-scored exactly         ``[seismic]`` extra
+========== ======= ==================================================================== ==================
+
+``D2SIndex.retriever(engine=...)`` picks one; :func:`get_engine` returns the (per-index, cached) engine object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._base import Engine, Hits, MissingDependencyError, QueryBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core import D2SIndex
+
+__all__ = ["ENGINES", "Engine", "Hits", "MissingDependencyError", "QueryBatch", "engine_class", "get_engine"]
+
+#: engine name -> "module:class" (modules are imported on demand, so optional dependencies stay optional)
+ENGINES: dict[str, str] = {
+    "taat": ".taat:TaatEngine",
+    "exact": ".exact:ExactEngine",
+    "pisa": ".pisa:PisaEngine",
+    "seismic": ".seismic:SeismicEngine",
+}
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The class of engine ``name``.
+
+    Raises:
+        ValueError: for an unknown engine name.
+    """
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; expected one of {', '.join(map(repr, ENGINES))}")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module, __name__), cls)
+
+
+def get_engine(index: D2SIndex, name: str) -> Engine:
+    """Engine ``name`` of ``index``, created once per index object (it holds loaded data structures).
+
+    Raises:
+        ValueError: for an unknown engine name.
+        MissingDependencyError: when its optional dependency is not installed (the message says what to install).
+    """
+    cls = engine_class(name)
+    cls.check_available()
+    engines = index.__dict__.setdefault("_engines", {})
+    if name not in engines:
+        engines[name] = cls(index)
+    return engines[name]
