@@ -178,7 +178,7 @@ def settings_for(b: Bench, k: int, small: bool) -> list[dict]:
                 "not built above FLOPs 20 unless --seismic-all (its build took 14 min at FLOPs 80 on 2 cores); "
                 "or --reuse a --workdir where it was built"
             )
-        engine_setting("seismic", "auto knobs (query_cut, heap_factor from k)")
+        engine_setting("seismic", "auto knobs (query_cut from k and query length)")
         engine_setting(
             "seismic", "pyseismic defaults (query_cut 10, heap_factor 0.7)", query_cut=10, heap_factor=0.7
         )

@@ -213,8 +213,8 @@ class D2SIndex(pta.Artifact, pt.Indexer):
           :meth:`error_bound` of exact). Settings: ``algorithm`` (default ``maxscore``: PISA's own default
           block-max WAND is 4-5x slower on expanded queries), ``toks_scale``.
         - ``"seismic"``: approximate (pyseismic-lsr, ``pip install 'pyterrier-d2s[seismic]'``), re-scored
-          exactly; ``query_cut``/``heap_factor`` default to values chosen from k that keep recall@k >= 0.99 on
-          the benchmark collections.
+          exactly; ``query_cut`` defaults to a value chosen from k and the query length that kept recall@k >=
+          0.99 on the benchmark collections (not a guarantee elsewhere).
 
         Args:
             num_results: results per query (k).

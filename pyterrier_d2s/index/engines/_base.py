@@ -149,6 +149,7 @@ class Hits:
 
     @classmethod
     def empty(cls) -> Hits:
+        """No hits."""
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
 
     @classmethod
@@ -224,7 +225,7 @@ class Engine:
         return {**cls.settings, **settings}
 
     def search(self, queries: QueryBatch, k: int, *, threads: int = 1, **settings: Any) -> Hits:
-        """Top ``k`` documents of each query."""
+        """Top ``k`` documents of each query (``progress``, if given, is called with numbers of queries done)."""
         raise NotImplementedError
 
     def prepare(self) -> None:

@@ -6,7 +6,8 @@ Only documents sharing at least one positive-weight term with the query are retu
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,7 +22,9 @@ class ExactEngine(Engine):
     exact: ClassVar[bool] = True
     batch_size: ClassVar[int] = 256
 
-    def search(self, queries: QueryBatch, k: int, *, threads: int = 1, progress=None) -> Hits:
+    def search(
+        self, queries: QueryBatch, k: int, *, threads: int = 1, progress: Callable[[int], Any] | None = None
+    ) -> Hits:
         """Exact top ``k`` of each query (``threads`` is ignored: scipy's product is single-threaded)."""
         fwd = self.index.forward()
         postings = fwd.transposed

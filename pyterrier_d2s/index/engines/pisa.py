@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from ._base import Engine, Hits, QueryBatch, require
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core import D2SIndex
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class PisaEngine(Engine):
     exact: ClassVar[bool] = False
     settings: ClassVar[dict[str, Any]] = {"algorithm": DEFAULT_ALGORITHM, "toks_scale": None}
 
-    def __init__(self, index):
+    def __init__(self, index: D2SIndex):
         super().__init__(index)
         self._pisa = None
         self._lock = threading.Lock()
@@ -117,7 +121,7 @@ class PisaEngine(Engine):
         threads: int = 1,
         algorithm: str = DEFAULT_ALGORITHM,
         toks_scale: float | None = None,
-        progress=None,
+        progress: Callable[[int], Any] | None = None,
     ) -> Hits:
         """PISA's top ``k`` of each query, scores in float units."""
         from pyterrier_pisa import _pisathon

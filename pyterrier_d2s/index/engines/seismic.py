@@ -1,16 +1,17 @@
 """``engine="seismic"``: approximate retrieval with Seismic (PyPI ``pyseismic-lsr``), re-scored exactly.
 
 Seismic keeps, per term, only the ``n_postings`` largest postings (static pruning), clusters them into blocks
-with a summary vector each, and at query time visits the ``query_cut`` heaviest query terms, skipping blocks
-whose summary score is below ``heap_factor`` times the current k-th score. Its index is built from the
+with a (lossy) summary vector each, and at query time visits the ``query_cut`` heaviest query terms, skipping
+blocks whose summary score is below ``heap_factor`` times the current k-th score (so a larger heap_factor is
+faster and loses more). Its index is built from the
 forward store on first use and cached in ``<index>/engines/seismic-v1-.../``. Seismic stores weights in 16
 bits; the documents it returns are re-scored exactly from the forward store (``rescore=True``), so scores and
 order match the exact engines for every document that is retrieved: only recall is approximate.
 
-Its defaults (``query_cut=10``, ``heap_factor=0.7``) lose recall on expanded D2S queries (tens to hundreds of
-terms) and at large k; ``query_cut`` and ``heap_factor`` left as ``None`` are chosen per query from k and the
-query's length by :func:`auto_knobs`, measured on 123k-document collections of FLOPs 11 and 80
-(``benchmarks/latency.py``) to keep recall@k >= 0.99 against exact scoring.
+Its default ``query_cut=10`` loses recall on expanded D2S queries (tens to hundreds of terms), the more so at
+large k; ``query_cut`` left as ``None`` is chosen per query from k and the query's length by :func:`auto_knobs`,
+measured on 123k-document collections of FLOPs 11 and 80 (``benchmarks/latency.py``) to keep recall@k >= 0.99
+against exact scoring there. Recall is not guaranteed on other data: Seismic's summaries are approximations.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +35,9 @@ from ._base import (
     require,
     sort_hits,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core import D2SIndex
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +55,25 @@ def auto_knobs(k: int, n_terms: int) -> tuple[int, float]:
     """(query_cut, heap_factor) for top-``k`` retrieval of a query with ``n_terms`` terms.
 
     Measured on 123k-document collections (``benchmarks/latency.py``; queries of ~55 terms at FLOPs 11 and
-    ~306 at FLOPs 80): recall@k >= 0.99 needed ``query_cut`` >= 20 / 40 at k = 10 and >= 40 / 60 at k = 1000
-    (heap_factor 0.9-1.0), i.e. about ``a_k + 0.08 * n_terms`` with ``a_k`` growing from 16 (k = 10) to 36
-    (k = 1000); a 1.25 safety factor is applied on top. pyseismic's own defaults (10, 0.7) reach only
-    recall@10 0.98 / 0.78 and recall@1000 0.86 / 0.61 there.
+    ~306 at FLOPs 80): recall@k >= 0.99 needed ``query_cut`` >= 20 / 40 at k = 10 and >= 40 / 60 at k = 1000,
+    i.e. about ``a_k + 0.08 * n_terms`` with ``a_k`` growing from 16 (k = 10) to 36 (k = 1000); a 1.25 safety
+    factor is applied on top. ``heap_factor`` stays at pyseismic's 0.7: a block is visited when its summary
+    scores at least ``heap_factor`` times the current k-th score, so larger values skip more and lose recall
+    (at k = 1000, FLOPs 11, query_cut 52: recall 0.997 at 0.7, 0.994 at 1.0). pyseismic's own query_cut (10)
+    reaches only recall@10 0.98 / 0.77 and recall@1000 0.87 / 0.61 there.
     """
     a = 16.0 + 10.0 * max(0.0, math.log10(max(k, 1) / 10.0))
     cut = 4 * math.ceil(1.25 * (a + 0.08 * n_terms) / 4)  # multiples of 4: fewer distinct batches
-    return max(1, min(n_terms, cut)), (0.95 if k <= 100 else 1.0)
+    return max(1, min(n_terms, cut)), 0.7
 
 
 class SeismicEngine(Engine):
     """Approximate top-k with pyseismic-lsr (``pip install 'pyterrier-d2s[seismic]'``).
 
     Settings:
-        query_cut: query terms visited (heaviest first); ``None``: chosen from k (:func:`auto_knobs`).
-        heap_factor: block-skipping aggressiveness in (0, 1]; ``None``: chosen from k.
+        query_cut: query terms visited (heaviest first); ``None``: chosen from k and the query length
+            (:func:`auto_knobs`).
+        heap_factor: block-skipping aggressiveness in (0, 1] (larger: faster, lower recall); ``None``: 0.7.
         rescore: re-score the returned documents exactly from the forward store (default True).
         n_postings, centroid_fraction, summary_energy: build settings (each combination is its own cached
             index).
@@ -80,7 +88,7 @@ class SeismicEngine(Engine):
         **DEFAULT_BUILD,
     }
 
-    def __init__(self, index):
+    def __init__(self, index: D2SIndex):
         super().__init__(index)
         self._indexes: dict[tuple, Any] = {}
         self._lock = threading.Lock()
@@ -143,7 +151,7 @@ class SeismicEngine(Engine):
         query_cut: int | None = None,
         heap_factor: float | None = None,
         rescore: bool = True,
-        progress=None,
+        progress: Callable[[int], Any] | None = None,
         **build: Any,
     ) -> Hits:
         """Seismic's top ``k`` of each query (scores exact if ``rescore``)."""
