@@ -288,6 +288,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--exp", default="c+w", choices=["0", "1", "c", "c+w"])
     p.add_argument("--eta", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--epochs", type=int, default=None, help="default: the coco500 recipe (40)")
 
 
 # How many captions (the first ones of the set) the demo explains, in the spirit of the paper's Table 4.
@@ -343,7 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
             eta=args.eta,
             lam=0.5,
             tau=1e-3,
-            epochs=None,
+            epochs=args.epochs,
             batch_size=None,
             lr_proj=None,
             lr_vocab=None,
@@ -362,11 +363,11 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     )
     print(json.dumps(index), flush=True)
     print("== 3/4 dense vs sparse vs no expansion vs no expansion >> expansion", flush=True)
-    table = cmd_evaluate(
-        argparse.Namespace(
-            model=str(out / "head"), index=str(out / "index"), data="coco500", candidates=100, num_results=100
-        )
+    # parsed like the command line, so every option of `d2s evaluate` gets its default
+    evaluate_args = build_parser().parse_args(
+        ["evaluate", "--model", str(out / "head"), "--index", str(out / "index"), "--data", "coco500"]
     )
+    table = cmd_evaluate(evaluate_args)
     print("== 4/4 top-10 terms of captions and their images (* = in the caption), cf. the paper's Table 4")
     model = D2S.from_pretrained(out / "head")
     data = load_pairs("coco500")

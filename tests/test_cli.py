@@ -154,3 +154,11 @@ def test_evaluate_with_an_exp0_first_stage(index_dir, head_dir, noexp_dirs, caps
     args = ["evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500"]
     assert main([str(a) for a in [*args, "--noexp-model", noexp_head]]) == 2
     assert "--noexp-index" in capsys.readouterr().err
+
+
+def test_demo_runs_every_stage(tmp_path, capsys):
+    # one epoch: the stages' wiring (train → index → evaluate → terms), not the demo's numbers
+    _, report = run(capsys, "demo", "--epochs", "1", "--out", tmp_path / "demo")
+    assert report["train"]["epochs"] == 1 and report["index"]["documents"] == 500
+    assert [r["name"] for r in report["evaluate"]] == list(SYSTEM_NAMES)
+    assert len(report["terms"]) == 3
