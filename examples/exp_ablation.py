@@ -37,27 +37,13 @@ def train(data: str, exp: str, eta: float, out: Path, epochs: int | None) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--data", default=None, help="vectors directory or authors' dir (default with --demo: coco500)"
-    )
-    ap.add_argument("--demo", action="store_true", help="run on the embedded COCO-500 set")
+    paper.add_data_arguments(ap)
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--modes", nargs="+", choices=["0", "1", "c", "c+w"], default=["0", "1", "c", "c+w"])
     ap.add_argument("--etas", nargs="+", type=float, default=[1e-3, 1e-5])
     ap.add_argument("--epochs", type=int, default=None, help="default: d2s train's (200; 40 for coco500)")
-    ap.add_argument(
-        "--paper",
-        default="mscoco-blip",
-        help="whose paper numbers to print beside: mscoco|flickr30k - blip|albef (default mscoco-blip)",
-    )
     args = ap.parse_args()
-    data = args.data or ("coco500" if args.demo else None)
-    if data is None:
-        ap.error("give --data or --demo")
-    try:
-        ref = paper.paper_key(args.paper)
-    except ValueError as e:
-        ap.error(str(e))
+    data, ref = paper.data_and_reference(ap, args)
 
     rows = []
     for eta in args.etas:

@@ -173,3 +173,27 @@ def fmt(values) -> str:
     if values is None:
         return "–"
     return " / ".join("–" if v is None else f"{v:.1f}" for v in values)
+
+
+def add_data_arguments(ap) -> None:
+    """``--data``, ``--demo`` and ``--paper``, the options the sweep scripts share."""
+    ap.add_argument(
+        "--data", default=None, help="vectors directory or authors' dir (default with --demo: coco500)"
+    )
+    ap.add_argument("--demo", action="store_true", help="run on the embedded COCO-500 set")
+    ap.add_argument(
+        "--paper",
+        default="mscoco-blip",
+        help="whose paper numbers to print beside: mscoco|flickr30k - blip|albef (default mscoco-blip)",
+    )
+
+
+def data_and_reference(ap, args) -> tuple[str, tuple[str, str]]:
+    """The data set to run on and the paper's (dataset, model) key, or an argparse error."""
+    data = args.data or ("coco500" if args.demo else None)
+    if data is None:
+        ap.error("give --data or --demo")
+    try:
+        return data, paper_key(args.paper)
+    except ValueError as e:
+        ap.error(str(e))
