@@ -168,7 +168,8 @@ class D2SHead(nn.Module):
     ) -> sp.csr_matrix:
         """Weights of each row's own tokens only: one dot product per (row, own token) instead of the full
         |V|-wide projection (a caption has ~10 tokens of 30,522), which makes unexpanded queries cheap."""
-        rows = torch.from_numpy(np.repeat(np.arange(own.shape[0]), np.diff(own.indptr))).to(z.device)
+        row_of = np.repeat(np.arange(own.shape[0]), np.diff(own.indptr))
+        rows = torch.from_numpy(row_of).to(z.device)
         cols = torch.from_numpy(own.indices.astype(np.int64)).to(z.device)
         hidden = self.norm(self.proj(z))
         logits = (hidden[rows] * self.vocab_proj.weight[cols]).sum(dim=1) + self.vocab_proj.bias[cols]

@@ -41,7 +41,6 @@ class ExpansionControl:
         self.mode = mode
         self.epochs = epochs
         self.df = df_t
-        self._device_probs: tuple[int, torch.device, torch.Tensor] | None = None
 
     def caption_prob(self, epoch: int) -> float:
         """p_c during ``epoch`` (0-based): 0 at the start, +1/epochs after each epoch."""
@@ -67,7 +66,7 @@ class ExpansionControl:
                 The draws happen on that device, so a GPU step never waits for the host.
         """
         p_c = torch.full((1, 1), self.caption_prob(epoch), device=own.device)
-        return self.draw(own, p_c, self._word_probs_on(epoch, own.device), generator)
+        return self.draw(own, p_c, self.word_probs(epoch).to(own.device), generator)
 
     def draw(
         self,
@@ -94,11 +93,3 @@ class ExpansionControl:
         else:
             expand = e_c.expand(n, v)
         return torch.maximum(own, expand.to(own.dtype))
-
-    def _word_probs_on(self, epoch: int, device: torch.device) -> torch.Tensor:
-        # copied to the device once per epoch, not once per step (a host-to-device copy waits for the GPU)
-        cached = self._device_probs
-        if cached is None or cached[0] != epoch or cached[1] != device:
-            cached = (epoch, device, self.word_probs(epoch).to(device))
-            self._device_probs = cached
-        return cached[2]
