@@ -93,6 +93,8 @@ def test_encode_expansion_topk_threshold(head):
     with torch.no_grad():
         dense = head(torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(full.toarray(), dense, atol=1e-6)
+    assert full.nnz == int((dense > 0).sum()) and full.has_sorted_indices  # no explicit zeros stored
+    assert (head.encode(z, threshold=-1.0) != full).nnz == 0  # weights are >= 0: a negative threshold is 0
     own = [np.array([2000, 3899]), np.array([], dtype=np.int64), np.array([3899])]
     noexp = head.encode(z, own_token_ids=own)
     for r, ids in enumerate(own):
