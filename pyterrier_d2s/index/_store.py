@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
@@ -90,31 +92,47 @@ class ForwardStore:
             raise KeyError(f"{len(missing)} docno(s) not in the index: {shown}")
         return rows
 
-    def query_matrix(self, queries: list[dict]) -> sp.csr_matrix:
-        """Queries as a CSR float32 matrix over ``terms``; unknown terms and non-positive weights are dropped."""
-        index = self.term_index
-        indptr = [0]
-        cols: list[int] = []
-        vals: list[float] = []
-        for q in queries:
-            for term, w in q.items():
-                col = index.get(term)
-                if col is not None and w > 0:
-                    cols.append(col)
-                    vals.append(float(w))
-                elif col is None:
-                    warn_unindexable_query_term(term)
-            indptr.append(len(cols))
-        m = sp.csr_matrix(
-            (
-                np.asarray(vals, dtype=np.float32),
-                np.asarray(cols, dtype=np.int64),
-                np.asarray(indptr, dtype=np.int64),
-            ),
-            shape=(len(queries), len(self.terms)),
-        )
-        m.sum_duplicates()
-        return m
+    def query_arrays(
+        self, queries: Iterable[Mapping[str, float]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``{term: weight}`` dicts as CSR arrays over ``terms``: (indptr int64, columns int32, weights float32).
+
+        Columns are sorted within a row; unknown terms (warned about if not lower-case) and weights <= 0 drop
+        out. Vectorised: one dict lookup per term, no per-term Python arithmetic.
+
+        Raises:
+            TypeError: if a query is not a dict.
+            ValueError: on a NaN or infinite weight (of a known term).
+        """
+        queries = list(queries)
+        lens = np.empty(len(queries), dtype=np.int64)
+        for i, q in enumerate(queries):
+            if not isinstance(q, Mapping):
+                raise TypeError(f"query_toks must be a dict of {{term: weight}}, got {type(q).__name__}")
+            lens[i] = len(q)
+        total = int(lens.sum())
+        keys = [k for q in queries for k in q]
+        weights = np.fromiter(chain.from_iterable(q.values() for q in queries), dtype=np.float64, count=total)
+        cols = np.fromiter(map(self.term_index.get, keys, repeat(-1)), dtype=np.int64, count=total)
+        known = cols >= 0
+        if not known.all():
+            for i in np.flatnonzero(~known):
+                warn_unindexable_query_term(keys[i])
+        bad = known & ~np.isfinite(weights)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"query weight of {keys[i]!r} is not finite: {weights[i]}")
+        keep = known & (weights > 0)
+        rows = np.repeat(np.arange(len(queries)), lens)[keep]
+        cols, weights = cols[keep], weights[keep]
+        order = np.lexsort((cols, rows))  # a dict has each term once, so a row has no duplicate columns
+        indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(queries)))].astype(np.int64)
+        return indptr, cols[order].astype(np.int32), weights[order].astype(np.float32)
+
+    def query_matrix(self, queries: Iterable[Mapping[str, float]]) -> sp.csr_matrix:
+        """Queries as a CSR float32 matrix over ``terms`` (see :meth:`query_arrays`)."""
+        indptr, cols, weights = self.query_arrays(queries)
+        return sp.csr_matrix((weights, cols, indptr), shape=(len(indptr) - 1, len(self.terms)))
 
     @staticmethod
     def save(path: Path, matrix: sp.csr_matrix, terms: np.ndarray, docnos: np.ndarray) -> None:

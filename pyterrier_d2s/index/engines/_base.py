@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .._store import ForwardStore, warn_unindexable_query_term
+from .._store import ForwardStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core import D2SIndex
@@ -101,33 +100,7 @@ class QueryBatch:
             TypeError: if a query is not a dict.
             ValueError: on a NaN or infinite weight (of a known term).
         """
-        index = store.term_index
-        indptr = [0]
-        terms: list[int] = []
-        weights: list[float] = []
-        for q in queries:
-            if not isinstance(q, Mapping):
-                raise TypeError(f"query_toks must be a dict of {{term: weight}}, got {type(q).__name__}")
-            row: dict[int, float] = {}
-            for term, w in q.items():
-                col = index.get(term)
-                if col is None:
-                    warn_unindexable_query_term(term)
-                    continue
-                w = float(w)
-                if not math.isfinite(w):
-                    raise ValueError(f"query weight of {term!r} is not finite: {w}")
-                if w > 0:
-                    row[col] = row.get(col, 0.0) + w
-            for col in sorted(row):
-                terms.append(col)
-                weights.append(row[col])
-            indptr.append(len(terms))
-        return cls(
-            np.asarray(indptr, dtype=np.int64),
-            np.asarray(terms, dtype=np.int32),
-            np.asarray(weights, dtype=np.float32),
-        )
+        return cls(*store.query_arrays(queries))
 
     @classmethod
     def from_arrays(cls, terms: np.ndarray, weights: np.ndarray) -> QueryBatch:
