@@ -145,9 +145,12 @@ class D2S:
         return D2SImageIndexer(self, index, batch_size=batch_size, **index_kwargs)
 
     def rescorer(
-        self, index: D2SIndex, top_k: int | None = None, min_weight: float = 0.0
+        self, index: D2SIndex, top_k: int | None = None, min_weight: float = 0.0, expanded_toks: bool = False
     ) -> ExpansionRescorer:
-        """Re-score retrieved candidates exactly with the fully expanded query ("no expansion >> expansion")."""
+        """Re-score retrieved candidates exactly with the fully expanded query ("no expansion >> expansion").
+
+        ``expanded_toks=True`` also puts the expanded query's ``{token: weight}`` into ``query_toks``.
+        """
         from .pipeline import ExpansionRescorer
 
-        return ExpansionRescorer(self, index, top_k=top_k, min_weight=min_weight)
+        return ExpansionRescorer(self, index, top_k=top_k, min_weight=min_weight, expanded_toks=expanded_toks)

@@ -155,23 +155,85 @@ class ExpansionRescorer(pt.Transformer):
 
     Input: a result frame (``qid``, ``query``, ``docno`` and, when present, ``query_vec``), typically from a
     retriever fed with ``D2SQueryEncoder(expansion=False)``. Output: the same rows with ``score`` the exact
-    float dot product of the expanded query and the stored image vector, ``rank`` recomputed, and
-    ``query_toks`` the expanded query. The candidate depth is the retriever's ``num_results``.
+    float dot product of the expanded query and the stored image vector and ``rank`` recomputed, best first
+    per query. The candidate depth is the retriever's ``num_results``.
+
+    The expanded query goes from the head's output straight to the index's term ids and the candidates are
+    scored by a compiled kernel; no ``{token: weight}`` dict is built (that costs about as much as the rest
+    of the re-scoring). ``query_toks`` passes through unchanged (the first stage's query) unless
+    ``expanded_toks=True``, which replaces it with the expanded query's dict.
     """
 
-    def __init__(self, model: D2S, index: D2SIndex, top_k: int | None = None, min_weight: float = 0.0):
+    def __init__(
+        self,
+        model: D2S,
+        index: D2SIndex,
+        top_k: int | None = None,
+        min_weight: float = 0.0,
+        expanded_toks: bool = False,
+    ):
         self.model = model
         self.d2s_index = index
-        self.encoder = model.query_encoder(expansion=True, top_k=top_k, min_weight=min_weight)
+        self.top_k = top_k
+        self.min_weight = min_weight
+        self.expanded_toks = expanded_toks
+        self._term_columns: tuple[Any, np.ndarray] | None = None  # (forward store, vocab id -> its column)
 
     def __repr__(self) -> str:
         return f"ExpansionRescorer({self.d2s_index!r})"
 
+    def transform_inputs(self) -> list[list[str]]:
+        """Required input columns."""
+        return [["qid", "query", "docno"]]
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """Output columns for given input columns."""
+        return self._out_cols(input_columns)
+
+    def _out_cols(self, input_columns: list[str]) -> list[str]:
+        pta.validate.result_frame(input_columns, extra_columns=["query"])
+        cols = [c for c in input_columns if c not in ("score", "rank")]
+        if self.expanded_toks and "query_toks" not in cols:
+            cols.append("query_toks")
+        return cols + ["score", "rank"]
+
+    def _vocab_columns(self, fwd) -> np.ndarray:
+        """Forward-store column of each vocabulary id (-1 for tokens the index has no document with)."""
+        if self._term_columns is None or self._term_columns[0] is not fwd:
+            term_index = fwd.term_index
+            cols = np.array([term_index.get(t, -1) for t in self.model.vocab.tokens], dtype=np.int64)
+            self._term_columns = (fwd, cols)
+        return self._term_columns[1]
+
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pta.validate.result_frame(inp, extra_columns=["query"])
+        """Re-score and re-rank the candidates of ``inp``."""
+        from .index.engines import QueryBatch
+        from .index.transformers import candidate_rows, query_groups, rerank, score_pairs
+
+        out_cols = self._out_cols(list(inp.columns))
         if len(inp) == 0:
-            return inp.assign(query_toks=pd.Series(dtype=object))
-        queries = inp.drop_duplicates("qid")
-        expanded = dict(zip(queries["qid"], self.encoder.encode(queries), strict=True))
-        out = inp.assign(query_toks=[expanded[q] for q in inp["qid"]])
-        return self.d2s_index.scorer()(out)
+            out = inp.reindex(columns=out_cols)
+            return out.astype({"score": np.float64, "rank": np.int64})
+        qcodes, first_rows = query_groups(inp["qid"])
+        queries = inp.iloc[first_rows]
+        texts = [str(q) for q in queries["query"]]
+        expanded = self.model.encode_texts(
+            texts, _query_vectors(queries), expansion=True, top_k=self.top_k, min_weight=self.min_weight
+        )
+        fwd = self.d2s_index.forward()
+        terms = self._vocab_columns(fwd)[expanded.indices]
+        keep = (terms >= 0) & (expanded.data > 0)  # a token no image has cannot add to any score
+        per_query = np.bincount(
+            np.repeat(np.arange(len(texts)), np.diff(expanded.indptr))[keep], minlength=len(texts)
+        )
+        batch = QueryBatch(
+            np.r_[0, np.cumsum(per_query)].astype(np.int64),
+            terms[keep].astype(np.int32),
+            expanded.data[keep].astype(np.float32),
+        )
+        scores = score_pairs(self.d2s_index, batch, qcodes, candidate_rows(fwd, inp["docno"]))
+        replaced = {}
+        if self.expanded_toks:
+            toks = csr_to_toks(expanded, self.model.vocab.tokens)
+            replaced["query_toks"] = np.array([toks[c] for c in qcodes], dtype=object)
+        return rerank(inp, qcodes, scores, out_cols, replaced)

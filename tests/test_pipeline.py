@@ -124,6 +124,54 @@ def test_rescorer_equals_brute_force_on_candidates(model, index, data):
         assert group.sort_values("rank")["rank"].tolist() == list(range(len(group)))
 
 
+def test_rescorer_options_fallback_and_bad_input(model, index, data, monkeypatch):
+    from pyterrier_d2s.index import MissingDependencyError
+    from pyterrier_d2s.index.engines import taat
+
+    topics = data.topics().head(12)
+    cands = (model.query_encoder(expansion=False) >> index.retriever(num_results=15))(topics)
+    reference = ExpansionRescorer(model, index)(cands)
+    # query_toks passes through (the first stage's query) unless expanded_toks=True replaces it
+    assert reference["query_toks"].tolist() == [
+        cands.loc[cands.qid == q, "query_toks"].iat[0] for q in reference["qid"]
+    ]
+    with_toks = model.rescorer(index, expanded_toks=True)(cands)
+    expanded = dict(
+        zip(topics["qid"], model.query_encoder(expansion=True)(topics)["query_toks"], strict=True)
+    )
+    for qid, toks in zip(with_toks["qid"], with_toks["query_toks"], strict=True):
+        assert toks.keys() == expanded[qid].keys()
+        assert all(toks[t] == pytest.approx(w) for t, w in expanded[qid].items())
+    pd.testing.assert_frame_equal(with_toks.drop(columns="query_toks"), reference.drop(columns="query_toks"))
+    # rows of one query need not be contiguous: shuffled input, same ranking per query
+    shuffled = ExpansionRescorer(model, index)(cands.sample(frac=1.0, random_state=3))
+    for qid, group in reference.groupby("qid", sort=False):
+        other = shuffled[shuffled.qid == qid]
+        np.testing.assert_allclose(other["score"].to_numpy(), group["score"].to_numpy(), rtol=1e-6)
+        assert other["rank"].tolist() == list(range(len(group)))
+
+    # without numba the scipy path gives the same scores
+    def no_numba(*args, **kwargs):
+        raise MissingDependencyError("numba missing (test)")
+
+    monkeypatch.setattr(taat, "rescore", no_numba)
+    fallback = ExpansionRescorer(model, index)(cands)
+    assert fallback["docno"].tolist() == reference["docno"].tolist()
+    np.testing.assert_allclose(
+        fallback["score"].to_numpy(), reference["score"].to_numpy(), rtol=1e-5, atol=1e-6
+    )
+    monkeypatch.undo()
+    # columns: pt.inspect, empty frame, unknown docno
+    rescorer = model.rescorer(index)
+    assert pt.inspect.transformer_inputs(rescorer) == [["qid", "query", "docno"]]
+    assert pt.inspect.transformer_outputs(rescorer, list(cands.columns)) == list(reference.columns)
+    empty = rescorer(cands.head(0))
+    assert len(empty) == 0 and list(empty.columns) == list(reference.columns)
+    bad = cands.head(3).assign(docno=["no-such-image"] * 3)
+    with pytest.raises(KeyError, match="no-such-image"):
+        rescorer(bad)
+
+
 def test_expanded_pisa_equals_exact_engine(model, index, data):
     topics = data.topics().head(30)
     enc = model.query_encoder()(topics)

@@ -223,27 +223,72 @@ class D2SScorer(pt.Transformer):
             out = inp.reindex(columns=out_cols)
             return out.astype({"score": np.float64, "rank": np.int64})
         fwd = self.index.forward()
-        rows = fwd.rows([d if isinstance(d, str) else str(d) for d in inp["docno"].tolist()])
-        qcodes, uniq = pd.factorize(inp["qid"], sort=False)
-        # rows grouped by query; each group is scored against a dense copy of its query vector
-        by_query = np.argsort(qcodes, kind="stable")
-        bounds = np.r_[0, np.cumsum(np.bincount(qcodes, minlength=len(uniq)))]
-        qdense = np.zeros(len(fwd.terms), dtype=np.float32)
-        scores = np.empty(len(inp), dtype=np.float64)
-        for g in range(len(uniq)):
-            members = by_query[bounds[g] : bounds[g + 1]]
-            q = fwd.query_matrix(
-                [inp["query_toks"].iat[members[0]]]
-            )  # query_toks of the first row of the qid
-            qdense[q.indices] = q.data
-            scores[members] = fwd.matrix[rows[members]] @ qdense
-            qdense[q.indices] = 0.0
-        # qid groups in first-appearance order, score descending; lexsort is stable, so ties keep input order
-        order = np.lexsort((-scores, qcodes))
-        sorted_codes = qcodes[order]
-        group_start = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-        starts = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
-        cols = {c: inp[c].to_numpy()[order] for c in out_cols[:-2]}
-        cols["score"] = scores[order]
-        cols["rank"] = (np.arange(len(order)) - starts).astype(np.int64)
-        return pd.DataFrame(cols)  # built in out_cols order
+        qcodes, first_rows = query_groups(inp["qid"])
+        queries = QueryBatch.from_toks(fwd, inp["query_toks"].to_numpy()[first_rows])
+        scores = score_pairs(self.index, queries, qcodes, candidate_rows(fwd, inp["docno"]))
+        return rerank(inp, qcodes, scores, out_cols)
+
+
+def query_groups(qids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each row's query, numbered in order of first appearance; the first row of each query)."""
+    qcodes, _ = pd.factorize(qids, sort=False)
+    return qcodes, np.unique(qcodes, return_index=True)[1]
+
+
+def candidate_rows(fwd, docnos: pd.Series) -> np.ndarray:
+    """Forward-store rows of a result frame's ``docno`` column (KeyError naming docnos not in the index)."""
+    return fwd.rows([d if isinstance(d, str) else str(d) for d in docnos.tolist()])
+
+
+def score_pairs(index: D2SIndex, queries: QueryBatch, qcodes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Exact float scores of the pairs (query ``qcodes[i]`` of ``queries``, document row ``rows[i]``), in input order.
+
+    Compiled (the taat engine's kernel: one dense scatter of each query, then a dot product per candidate);
+    scipy row products per query when numba cannot be imported.
+    """
+    from .engines import MissingDependencyError, taat
+
+    by_query = np.argsort(qcodes, kind="stable")  # the kernel wants each query's pairs contiguous
+    scores = np.empty(len(rows), dtype=np.float64)
+    try:
+        scores[by_query] = taat.rescore(index, queries, qcodes[by_query], rows[by_query])
+        return scores
+    except MissingDependencyError:
+        pass
+    matrix = index.forward().matrix
+    bounds = np.r_[0, np.cumsum(np.bincount(qcodes, minlength=len(queries)))]
+    qdense = np.zeros(matrix.shape[1], dtype=np.float32)
+    for q in range(len(queries)):
+        members = by_query[bounds[q] : bounds[q + 1]]
+        terms, weights = queries.row(q)
+        qdense[terms] = weights
+        scores[members] = matrix[rows[members]] @ qdense
+        qdense[terms] = 0.0
+    return scores
+
+
+def rerank(
+    inp: pd.DataFrame,
+    qcodes: np.ndarray,
+    scores: np.ndarray,
+    out_cols: list[str],
+    replaced: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """``inp`` with new ``score``s, sorted per query (queries in first-appearance order), ``rank`` recomputed.
+
+    ``qcodes`` numbers the queries in order of first appearance (``pd.factorize(..., sort=False)``); ties keep
+    the input order. ``replaced`` holds whole columns (in input row order) that replace or add to ``inp``'s.
+    """
+    order = np.lexsort((-scores, qcodes))  # lexsort is stable
+    sorted_codes = qcodes[order]
+    group_start = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    starts = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+    replaced = replaced or {}
+    cols = {
+        c: (replaced[c] if c in replaced else inp[c].to_numpy())[order]
+        for c in out_cols
+        if c not in ("score", "rank")
+    }
+    cols["score"] = scores[order]
+    cols["rank"] = (np.arange(len(order)) - starts).astype(np.int64)
+    return pd.DataFrame(cols)  # built in out_cols order
