@@ -135,14 +135,18 @@ class D2SHead(nn.Module):
         top_k: int | None = None,
         threshold: float = 0.0,
         batch_size: int = 1024,
+        columns: np.ndarray | None = None,
     ) -> sp.csr_matrix:
         """Sparse vectors of ``z`` as a float32 CSR matrix (n x |V|), for indexing and search.
 
         Args:
             own_token_ids: per row, the token ids it may keep (a caption's own terms: ``expansion=False``);
                 ``None`` keeps every term (full expansion).
-            top_k: keep at most this many highest weights per row.
+            top_k: keep at most this many highest weights per row (among ``columns`` when given).
             threshold: drop weights ``<= threshold``.
+            columns: compute only these vocabulary ids (every other weight is 0), e.g. the terms some document
+                of an index has, for scoring against that index: the |V|-wide projection shrinks to
+                ``len(columns)`` rows (their weights are gathered once and cached until the head changes).
         """
         was_training = self.training
         self.eval()
@@ -150,10 +154,26 @@ class D2SHead(nn.Module):
         z_t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not torch.is_tensor(z) else z).float()
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
+        if columns is not None:
+            if own_token_ids is not None:
+                raise ValueError("give own_token_ids or columns, not both")
+            columns = np.unique(np.asarray(columns, dtype=np.int64))
+            if len(columns) and (columns[0] < 0 or columns[-1] >= self.config.vocab_size):
+                raise ValueError(f"columns must be vocabulary ids in [0, {self.config.vocab_size})")
         blocks = []
         for start in range(0, len(z_t), batch_size):
             z_batch = z_t[start : start + batch_size].to(device)
-            if own_token_ids is None:
+            if columns is not None:
+                weight, bias, keep = self._column_weights(columns, device)
+                logits = torch.nn.functional.linear(self.norm(self.proj(z_batch)), weight, bias)
+                sub = _to_csr(torch.relu(logits).log1p_().mul_(keep), top_k, threshold)
+                blocks.append(
+                    sp.csr_matrix(
+                        (sub.data, columns[sub.indices].astype(np.int32), sub.indptr),
+                        shape=(len(z_batch), self.config.vocab_size),
+                    )
+                )
+            elif own_token_ids is None:
                 blocks.append(_to_csr(self(z_batch), top_k, threshold))
             else:
                 own = ids_to_csr(own_token_ids[start : start + batch_size], self.config.vocab_size)
@@ -162,6 +182,18 @@ class D2SHead(nn.Module):
         if not blocks:
             return sp.csr_matrix((0, self.config.vocab_size), dtype=np.float32)
         return sp.vstack(blocks, format="csr")
+
+    def _column_weights(self, columns: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(W2 rows, b2 entries, special-token mask) of ``columns``, cached while the weights are unchanged."""
+        w, b = self.vocab_proj.weight, self.vocab_proj.bias
+        key = (columns.tobytes(), w._version, b._version, w.data_ptr(), str(device))
+        cached = self.__dict__.get("_column_cache")
+        if cached is None or cached[0] != key:
+            idx = torch.from_numpy(columns).to(w.device)
+            gathered = (w[idx].detach(), b[idx].detach(), self.keep_mask[idx])
+            cached = (key, *(t.to(device) for t in gathered))
+            self.__dict__["_column_cache"] = cached
+        return cached[1:]
 
     def _encode_own_terms(
         self, z: torch.Tensor, own: sp.csr_matrix, top_k: int | None, threshold: float

@@ -82,12 +82,18 @@ class D2S:
         expansion: bool = True,
         top_k: int | None = None,
         min_weight: float = 0.0,
+        columns: np.ndarray | None = None,
     ) -> sp.csr_matrix:
-        """Sparse vectors (CSR, |texts| x |V|) of captions/queries; ``expansion=False`` keeps their own tokens."""
+        """Sparse vectors (CSR, |texts| x |V|) of captions/queries; ``expansion=False`` keeps their own tokens.
+
+        ``columns`` (expanded queries only): compute only these vocabulary ids (see :meth:`D2SHead.encode`).
+        """
         if vectors is None:
             vectors = self._dense("text", texts)
         own = None if expansion else self.vocab.token_ids(texts)
-        return self.head.encode(vectors, own_token_ids=own, top_k=top_k, threshold=min_weight)
+        return self.head.encode(
+            vectors, own_token_ids=own, top_k=top_k, threshold=min_weight, columns=columns
+        )
 
     def encode_images(
         self,

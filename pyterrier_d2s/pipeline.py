@@ -197,13 +197,15 @@ class ExpansionRescorer(pt.Transformer):
             cols.append("query_toks")
         return cols + ["score", "rank"]
 
-    def _vocab_columns(self, fwd) -> np.ndarray:
-        """Forward-store column of each vocabulary id (-1 for tokens the index has no document with)."""
+    def _vocab_columns(self, fwd) -> tuple[np.ndarray, np.ndarray]:
+        """(forward-store column of each vocabulary id or -1, the vocabulary ids some document has)."""
         if self._term_columns is None or self._term_columns[0] is not fwd:
             term_index = fwd.term_index
             cols = np.array([term_index.get(t, -1) for t in self.model.vocab.tokens], dtype=np.int64)
-            self._term_columns = (fwd, cols)
-        return self._term_columns[1]
+            df = np.bincount(fwd.matrix.indices, minlength=len(fwd.terms))
+            in_docs = np.flatnonzero((cols >= 0) & (df[np.maximum(cols, 0)] > 0))
+            self._term_columns = (fwd, cols, in_docs)
+        return self._term_columns[1], self._term_columns[2]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Re-score and re-rank the candidates of ``inp``."""
@@ -217,12 +219,22 @@ class ExpansionRescorer(pt.Transformer):
         qcodes, first_rows = query_groups(inp["qid"])
         queries = inp.iloc[first_rows]
         texts = [str(q) for q in queries["query"]]
-        expanded = self.model.encode_texts(
-            texts, _query_vectors(queries), expansion=True, top_k=self.top_k, min_weight=self.min_weight
-        )
         fwd = self.d2s_index.forward()
-        terms = self._vocab_columns(fwd)[expanded.indices]
-        keep = (terms >= 0) & (expanded.data > 0)  # a token no image has cannot add to any score
+        col_of, in_docs = self._vocab_columns(fwd)
+        # a token no image has cannot add to any score: the head computes only the tokens the index has (a
+        # few thousand of 30,522 on a small collection), unless top-k pruning needs the whole vocabulary
+        # (with expanded_toks the dict stays the full expanded query)
+        restrict = self.top_k is None and not self.expanded_toks
+        expanded = self.model.encode_texts(
+            texts,
+            _query_vectors(queries),
+            expansion=True,
+            top_k=self.top_k,
+            min_weight=self.min_weight,
+            columns=in_docs if restrict else None,
+        )
+        terms = col_of[expanded.indices]
+        keep = (terms >= 0) & (expanded.data > 0)
         per_query = np.bincount(
             np.repeat(np.arange(len(texts)), np.diff(expanded.indptr))[keep], minlength=len(texts)
         )

@@ -158,7 +158,12 @@ def test_evaluate_with_an_exp0_first_stage(index_dir, head_dir, noexp_dirs, caps
 
 def test_demo_runs_every_stage(tmp_path, capsys):
     # one epoch: the stages' wiring (train → index → evaluate → terms), not the demo's numbers
-    _, report = run(capsys, "demo", "--epochs", "1", "--out", tmp_path / "demo")
+    _, report = run(capsys, "demo", "--epochs", "1", "--noexp-epochs", "1", "--out", tmp_path / "demo")
     assert report["train"]["epochs"] == 1 and report["index"]["documents"] == 500
+    # the rescorer's first stage is an exp=0 head's index (the paper's Table 6 pairing)
+    assert report["train_noexp"]["exp"] == "0" and report["train_noexp"]["epochs"] == 1
+    assert report["index_noexp"]["documents"] == 500
+    noexp = {r["name"]: r for r in report["evaluate"]}["d2s-noexp"]
+    assert noexp["flops"] == pytest.approx(report["train_noexp"]["flops"], rel=1e-6)
     assert [r["name"] for r in report["evaluate"]] == list(SYSTEM_NAMES)
     assert len(report["terms"]) == 3

@@ -127,3 +127,35 @@ def test_own_term_encoding_equals_the_masked_full_projection(head):
     for r in range(40):
         want = np.sort(expected[r][expected[r] > 0.01])[::-1][:2]
         np.testing.assert_allclose(np.sort(top2.getrow(r).data)[::-1], want, atol=1e-5)
+
+
+def test_encode_restricted_to_columns_equals_masked_full_output(head):
+    rng = np.random.RandomState(2)
+    z = rng.randn(30, 8).astype(np.float32)
+    with torch.no_grad():
+        dense = head(torch.from_numpy(z)).numpy()
+    columns = np.sort(rng.choice(np.arange(head.config.vocab_size), size=3000, replace=False))
+    expected = np.zeros_like(dense)
+    expected[:, columns] = dense[:, columns]
+    got = head.encode(z, columns=columns[::-1], batch_size=7)  # any order; batches share the gathered rows
+    np.testing.assert_allclose(got.toarray(), expected, atol=1e-5)
+    assert got.nnz == int((expected > 0).sum()) and got.has_sorted_indices
+    top3 = head.encode(z, columns=columns, top_k=3)
+    for r in range(30):
+        np.testing.assert_allclose(np.sort(top3.getrow(r).data), np.sort(expected[r])[-3:], atol=1e-5)
+    # the gathered rows follow the weights: after an in-place update the output changes with them
+    with torch.no_grad():
+        head.vocab_proj.bias[columns] += 0.25
+    try:
+        with torch.no_grad():
+            moved = head(torch.from_numpy(z)).numpy()
+        np.testing.assert_allclose(
+            head.encode(z, columns=columns).toarray()[:, columns], moved[:, columns], atol=1e-5
+        )
+    finally:
+        with torch.no_grad():
+            head.vocab_proj.bias[columns] -= 0.25
+    with pytest.raises(ValueError, match="not both"):
+        head.encode(z[:2], own_token_ids=[np.array([5]), np.array([6])], columns=columns)
+    with pytest.raises(ValueError, match="vocabulary ids"):
+        head.encode(z[:2], columns=np.array([head.config.vocab_size]))
