@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -513,3 +514,18 @@ def test_degenerate_collections_rejected(tmp_path):
             ["a", "b"], sp.csr_matrix((2, 2), dtype=np.float32), ["x", "y"]
         )
     assert not (tmp_path / "zero").exists() and _leftovers(tmp_path, "zero") == []
+
+
+def test_native_build_output_held_unless_the_build_fails(capfd):
+    from pyterrier_d2s.index.core import _native_output_held
+
+    with _native_output_held():
+        os.write(1, b"Create index: 1% [0s]\n")
+        os.write(2, b"Storing score upper bounds: 1% [0s]\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError, match="boom"), _native_output_held():
+        os.write(2, b"[error] lexicon is corrupt\n")
+        raise RuntimeError("boom")
+    assert "[error] lexicon is corrupt" in capfd.readouterr().err
+    print("after")  # both descriptors are back
+    assert capfd.readouterr().out == "after\n"

@@ -6,9 +6,12 @@ import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,34 @@ _REQUIRED_FILES = (META_FILE, FORWARD_FILE, TERMS_FILE, DOCNOS_FILE, f"{PISA_DIR
 #: Engine of :meth:`D2SIndex.retriever` when none is named: the fastest exact engine on expanded queries in
 #: ``benchmarks/latency.py`` (see README, "Engines"); ``"exact"`` (scipy) stands in if numba cannot be imported.
 DEFAULT_ENGINE = "taat"
+
+
+@contextmanager
+def _native_output_held() -> Iterator[None]:
+    """Hold what native code writes to fds 1 and 2 in a temporary file; replay it only if the block fails.
+
+    PISA's C++ side logs each build step to stdout and a progress line per percent to stderr (several hundred
+    lines per index in a log file or CI output; ``pyterrier_pisa.log_level`` fails on pyterrier-pisa 0.4.9:
+    its extension has no ``log_level``). Python output of other threads in that window is held too.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as held:
+        try:
+            os.dup2(held.fileno(), 1)
+            os.dup2(held.fileno(), 2)
+            yield
+        except BaseException:
+            os.dup2(saved[1], 2)
+            held.seek(0)
+            os.write(2, held.read())  # the native log explains the failure
+            raise
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _check_term(term: str) -> None:
@@ -511,9 +542,10 @@ class D2SIndexer(pt.Indexer):
         # the temporary directory, so the finished index is complete (and usable read-only).
         from pyterrier_pisa import PisaIndex, PisaRetrieve
 
-        PisaRetrieve(
-            PisaIndex(str(pisa_path), stemmer="none"), scorer="quantized", num_results=1, stops="none"
-        )
+        with _native_output_held():
+            PisaRetrieve(
+                PisaIndex(str(pisa_path), stemmer="none"), scorer="quantized", num_results=1, stops="none"
+            )
 
     @staticmethod
     def _swap_into_place(tmp: Path, target: Path) -> None:
