@@ -1,6 +1,9 @@
 """The d2s subcommands that work on a trained head: index, evaluate, search, explain, plot."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +170,19 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     assert noexp["flops"] == pytest.approx(report["train_noexp"]["flops"], rel=1e-6)
     assert [r["name"] for r in report["evaluate"]] == list(SYSTEM_NAMES)
     assert len(report["terms"]) == 3
+    # benchmarks/rescore_depth.py reads what the demo wrote; deeper candidate lists can only add agreement
+    # with the expanded run (a superset of candidates keeps every expanded top-10 document it had)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rescore_depth.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--demo-dir", str(tmp_path / "demo"), "--depths", "5", "50", "500"]
+        + ["--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["depth"] for r in rows] == ["expanded", 5, 50, 500]
+    overlaps = [r["overlap10_expanded"] for r in rows[1:]]
+    assert overlaps == sorted(overlaps) and 0 <= overlaps[0] and overlaps[-1] <= 1
+    assert all(r["ms_per_query"] > 0 and 0 <= r["R@1"] <= r["R@5"] <= 1 for r in rows)
