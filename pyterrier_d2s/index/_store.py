@@ -11,6 +11,7 @@ from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from .quantisation import quantise
@@ -57,6 +58,12 @@ class ForwardStore:
     def term_index(self) -> dict[str, int]:
         """term -> column."""
         return {t: i for i, t in enumerate(self.terms.tolist())}
+
+    @cached_property
+    def docno_array(self) -> pd.api.extensions.ExtensionArray:
+        """``docnos`` as a pandas array of the dtype pandas infers for strings (``str`` in pandas 3, ``object``
+        before): result frames take from it instead of converting every docno string again."""
+        return pd.array(self.docnos.astype(object), dtype=pd.Series(["docno"]).dtype)
 
     @cached_property
     def docno_index(self) -> dict[str, int]:

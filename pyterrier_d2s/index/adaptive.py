@@ -236,7 +236,7 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
             return _empty_result(inp)
         starts = np.r_[0, np.flatnonzero(np.diff(hits.qpos)) + 1]
         ranks = np.arange(len(hits.qpos)) - np.repeat(starts, np.diff(np.r_[starts, len(hits.qpos)]))
-        return _assemble(inp, hits.qpos, fwd.docnos[hits.rows].astype(object), hits.scores, ranks)
+        return _assemble(inp, hits.qpos, fwd, hits.rows, hits.scores, ranks)
 
     def calibrate(
         self, sample: pd.DataFrame, target_recall: float = 0.99, depths: list[int] | None = None

@@ -28,14 +28,15 @@ def _empty_result(inp: pd.DataFrame) -> pd.DataFrame:
 
 
 def _assemble(
-    inp: pd.DataFrame, qpos: np.ndarray, docnos: np.ndarray, scores: np.ndarray, ranks: np.ndarray
+    inp: pd.DataFrame, qpos: np.ndarray, fwd, rows: np.ndarray, scores: np.ndarray, ranks: np.ndarray
 ) -> pd.DataFrame:
-    """Result frame: the query columns of row ``qpos`` of ``inp`` + docno/score/rank."""
+    """Result frame: the query columns of row ``qpos`` of ``inp`` + docno (of forward-store ``rows``)/score/rank."""
     if len(qpos) == 0:
         return _empty_result(inp)
-    # one DataFrame construction from numpy columns: iloc/drop/setitem chains cost milliseconds per query
-    cols = {c: inp[c].to_numpy()[qpos] for c in inp.columns if c not in _RESULT_COLUMNS}
-    cols["docno"] = docnos
+    # one DataFrame construction from arrays taken by position: iloc/drop/setitem chains cost milliseconds per
+    # query, and going through numpy object arrays makes pandas convert every string back to its str dtype
+    cols = {c: inp[c].array.take(qpos) for c in inp.columns if c not in _RESULT_COLUMNS}
+    cols["docno"] = fwd.docno_array.take(rows)
     cols["score"] = scores.astype(np.float64)
     cols["rank"] = ranks.astype(np.int64)
     return pd.DataFrame(cols)
@@ -139,7 +140,7 @@ class D2SRetriever(_QueryToksRetriever):
             return _empty_result(inp)
         starts = np.r_[0, np.flatnonzero(np.diff(hits.qpos)) + 1]
         ranks = np.arange(len(hits.qpos)) - np.repeat(starts, np.diff(np.r_[starts, len(hits.qpos)]))
-        return _assemble(inp, hits.qpos, fwd.docnos[hits.rows].astype(object), hits.scores, ranks)
+        return _assemble(inp, hits.qpos, fwd, hits.rows, hits.scores, ranks)
 
 
 class D2SPisaRetriever(D2SRetriever):
@@ -285,7 +286,7 @@ def rerank(
     starts = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
     replaced = replaced or {}
     cols = {
-        c: (replaced[c] if c in replaced else inp[c].to_numpy())[order]
+        c: replaced[c][order] if c in replaced else inp[c].array.take(order)
         for c in out_cols
         if c not in ("score", "rank")
     }
