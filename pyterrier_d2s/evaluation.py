@@ -122,25 +122,36 @@ def sparse_top_k(
     Documents with score 0 share no term with the query and are not retrieved (as in an inverted index).
     """
     docs_t = docs.T.tocsr().astype(np.float32)
-    out_idx, out_val = [], []
-    for start in range(0, queries.shape[0], batch_size):
-        scores = (queries[start : start + batch_size].astype(np.float32) @ docs_t).toarray()
-        idx, val = _top_k_rows(scores, k, drop_nonpositive=True)
-        out_idx.append(idx)
-        out_val.append(val)
-    if not out_idx:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    return np.vstack(out_idx), np.vstack(out_val)
+    return _batched_top_k(
+        queries.shape[0],
+        lambda lo, hi: (queries[lo:hi].astype(np.float32) @ docs_t).toarray(),
+        k,
+        batch_size,
+        drop_nonpositive=True,
+    )
 
 
 def dense_top_k(
     queries: np.ndarray, docs: np.ndarray, k: int = 10, batch_size: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of dense dot products (cosine for L2-normalised vectors)."""
+    docs_t = docs.astype(np.float32).T
+    return _batched_top_k(
+        len(queries),
+        lambda lo, hi: queries[lo:hi].astype(np.float32) @ docs_t,
+        k,
+        batch_size,
+        drop_nonpositive=False,
+    )
+
+
+def _batched_top_k(
+    n_queries: int, block_scores, k: int, batch_size: int, drop_nonpositive: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of ``block_scores(lo, hi)`` (a dense (hi - lo) x n_docs score block), batch by batch."""
     out_idx, out_val = [], []
-    for start in range(0, len(queries), batch_size):
-        scores = queries[start : start + batch_size].astype(np.float32) @ docs.astype(np.float32).T
-        idx, val = _top_k_rows(scores, k, drop_nonpositive=False)
+    for start in range(0, n_queries, batch_size):
+        idx, val = _top_k_rows(block_scores(start, start + batch_size), k, drop_nonpositive=drop_nonpositive)
         out_idx.append(idx)
         out_val.append(val)
     if not out_idx:

@@ -111,14 +111,20 @@ def heap_push(hs, hr, n, k, s, r):
         hs[i] = s
         hr[i] = r
         return n
-    if not worse(hs[0], hr[0], s, r):
-        return n
+    if worse(hs[0], hr[0], s, r):
+        sift_down(hs, hr, k, s, r)
+    return n
+
+
+@_njit
+def sift_down(hs, hr, size, s, r):
+    """Put (s, r) into the root slot of a min-heap of ``size`` items (the root's old item is dropped)."""
     i = 0
     while True:
         c = 2 * i + 1
-        if c >= k:
+        if c >= size:
             break
-        if c + 1 < k and worse(hs[c + 1], hr[c + 1], hs[c], hr[c]):
+        if c + 1 < size and worse(hs[c + 1], hr[c + 1], hs[c], hr[c]):
             c += 1
         if worse(hs[c], hr[c], s, r):
             hs[i] = hs[c]
@@ -128,7 +134,6 @@ def heap_push(hs, hr, n, k, s, r):
             break
     hs[i] = s
     hr[i] = r
-    return n
 
 
 @_njit_contract
@@ -361,27 +366,7 @@ def select(acc, k, f_indptr, f_indices, f_data, qdense, cand, ub, out_rows, out_
     for i in range(n - 1, -1, -1):
         out_scores[i] = hs[0]
         out_rows[i] = hr[0]
-        last = i
-        hs[0] = hs[last]
-        hr[0] = hr[last]
-        # sift down over the first `last` items
-        s0 = hs[0]
-        r0 = hr[0]
-        j = 0
-        while True:
-            c2 = 2 * j + 1
-            if c2 >= last:
-                break
-            if c2 + 1 < last and worse(hs[c2 + 1], hr[c2 + 1], hs[c2], hr[c2]):
-                c2 += 1
-            if worse(hs[c2], hr[c2], s0, r0):
-                hs[j] = hs[c2]
-                hr[j] = hr[c2]
-                j = c2
-            else:
-                break
-        hs[j] = s0
-        hr[j] = r0
+        sift_down(hs, hr, i, hs[i], hr[i])  # the last item replaces the root; the heap shrinks to i items
     # drop documents whose exact score is not positive (their bound was, but float32 underflowed)
     m = n
     while m > 0 and out_scores[m - 1] <= 0.0:
