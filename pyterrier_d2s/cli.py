@@ -206,6 +206,13 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
         noexp_index = D2SIndex(args.noexp_index)
         if not noexp_index.built() or len(noexp_index) != len(index):
             raise ValueError(f"{args.noexp_index} is not a built index of the same {len(index)} images")
+    elif model.head.config.exp != "0":
+        print(
+            f"d2s evaluate: note: d2s-noexp and the rescorer's candidates use this exp={model.head.config.exp} "
+            "head's weights on the captions' own tokens; the paper's Table 6 takes them from an exp=0 head "
+            "(--noexp-model/--noexp-index, as d2s demo does)",
+            file=sys.stderr,
+        )
     topics, qrels = data.topics(), data.qrels()
     with tempfile.TemporaryDirectory(prefix="d2s-dense-") as tmp:
         dense = dense_flex_index(f"{tmp}/dense.flex", data.corpus_iter())

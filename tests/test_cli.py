@@ -26,9 +26,14 @@ def head_dir(tmp_path_factory, vocab):
 
 
 def run(capsys, *argv):
+    out, _, report = run_with_err(capsys, *argv)
+    return out, report
+
+
+def run_with_err(capsys, *argv):
     assert main([str(a) for a in argv]) == 0
-    out = capsys.readouterr().out
-    return out, json.loads(out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    return captured.out, captured.err, json.loads(captured.out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,10 @@ def test_index_report(index_dir, head_dir, capsys):
 
 
 def test_evaluate_prints_table_and_json(index_dir, head_dir, capsys):
-    out, rows = run(capsys, "evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500")
+    out, err, rows = run_with_err(
+        capsys, "evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500"
+    )
+    assert "--noexp-model/--noexp-index" in err  # an expanded head's own terms as first stage: say so
     assert [r["name"] for r in rows] == list(SYSTEM_NAMES)
     for r in rows:
         assert {"R@1", "R@5", "RR@10", "flops", "ms_per_query"} <= set(r)
@@ -141,12 +149,16 @@ def noexp_dirs(tmp_path_factory, vocab):
 
 def test_evaluate_with_an_exp0_first_stage(index_dir, head_dir, noexp_dirs, capsys):
     noexp_head, noexp_index = noexp_dirs
-    _, alone = run(capsys, "evaluate", "--model", noexp_head, "--index", noexp_index, "--data", "coco500")
-    _, paired = run(
+    _, err, alone = run_with_err(
+        capsys, "evaluate", "--model", noexp_head, "--index", noexp_index, "--data", "coco500"
+    )
+    assert "note:" not in err  # an exp=0 head's own terms are the paper's first stage
+    _, err, paired = run_with_err(
         capsys,
         *("evaluate", "--model", head_dir, "--index", index_dir, "--data", "coco500"),
         *("--noexp-model", noexp_head, "--noexp-index", noexp_index, "--candidates", "500"),
     )
+    assert "note:" not in err
     by_name = {r["name"]: r for r in paired}
     solo = {r["name"]: r for r in alone}
     # the no-expansion run is the exp=0 model's own, with its FLOPs against its own index
