@@ -177,7 +177,8 @@ class ExpansionRescorer(pt.Transformer):
         self.top_k = top_k
         self.min_weight = min_weight
         self.expanded_toks = expanded_toks
-        self._term_columns: tuple[Any, np.ndarray] | None = None  # (forward store, vocab id -> its column)
+        # (forward store, its column of each vocabulary id, the vocabulary ids some document has)
+        self._term_columns: tuple[Any, np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"ExpansionRescorer({self.d2s_index!r})"

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .engines import Hits, QueryBatch
 
 if TYPE_CHECKING:
+    from ._store import ForwardStore
     from .core import D2SIndex
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,12 @@ def _empty_result(inp: pd.DataFrame) -> pd.DataFrame:
 
 
 def _assemble(
-    inp: pd.DataFrame, qpos: np.ndarray, fwd, rows: np.ndarray, scores: np.ndarray, ranks: np.ndarray
+    inp: pd.DataFrame,
+    qpos: np.ndarray,
+    fwd: ForwardStore,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    ranks: np.ndarray,
 ) -> pd.DataFrame:
     """Result frame: the query columns of row ``qpos`` of ``inp`` + docno (of forward-store ``rows``)/score/rank."""
     if len(qpos) == 0:
@@ -236,7 +242,7 @@ def query_groups(qids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return qcodes, np.unique(qcodes, return_index=True)[1]
 
 
-def candidate_rows(fwd, docnos: pd.Series) -> np.ndarray:
+def candidate_rows(fwd: ForwardStore, docnos: pd.Series) -> np.ndarray:
     """Forward-store rows of a result frame's ``docno`` column (KeyError naming docnos not in the index)."""
     return fwd.rows([d if isinstance(d, str) else str(d) for d in docnos.tolist()])
 
