@@ -71,7 +71,7 @@ def timed_run(pipeline: pt.Transformer, topics: pd.DataFrame, warmup: int = 8) -
 def query_flops(query_toks: Sequence[Mapping[str, float]], index) -> float:
     """Eq. 1 for these queries against the documents of a D2SIndex: Σ_k n_q(k)·n_d(k) / (|Q|·|D|)."""
     fwd = index.forward()
-    doc_counts = np.diff(fwd.transposed.indptr).astype(np.float64)  # documents per term
+    doc_counts = fwd.doc_freq.astype(np.float64)
     term_col = fwd.term_index
     total = 0.0
     for toks in query_toks:

@@ -160,11 +160,11 @@ class D2SHead(nn.Module):
             columns = np.unique(np.asarray(columns, dtype=np.int64))
             if len(columns) and (columns[0] < 0 or columns[-1] >= self.config.vocab_size):
                 raise ValueError(f"columns must be vocabulary ids in [0, {self.config.vocab_size})")
+            weight, bias, keep = self._column_weights(columns, device)
         blocks = []
         for start in range(0, len(z_t), batch_size):
             z_batch = z_t[start : start + batch_size].to(device)
             if columns is not None:
-                weight, bias, keep = self._column_weights(columns, device)
                 logits = torch.nn.functional.linear(self.norm(self.proj(z_batch)), weight, bias)
                 sub = _to_csr(torch.relu(logits).log1p_().mul_(keep), top_k, threshold)
                 blocks.append(

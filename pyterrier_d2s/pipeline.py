@@ -203,20 +203,18 @@ class ExpansionRescorer(pt.Transformer):
         if self._term_columns is None or self._term_columns[0] is not fwd:
             term_index = fwd.term_index
             cols = np.array([term_index.get(t, -1) for t in self.model.vocab.tokens], dtype=np.int64)
-            df = np.bincount(fwd.matrix.indices, minlength=len(fwd.terms))
-            in_docs = np.flatnonzero((cols >= 0) & (df[np.maximum(cols, 0)] > 0))
+            in_docs = np.flatnonzero((cols >= 0) & (fwd.doc_freq[np.maximum(cols, 0)] > 0))
             self._term_columns = (fwd, cols, in_docs)
         return self._term_columns[1], self._term_columns[2]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Re-score and re-rank the candidates of ``inp``."""
         from .index.engines import QueryBatch
-        from .index.transformers import candidate_rows, query_groups, rerank, score_pairs
+        from .index.transformers import candidate_rows, empty_reranked, query_groups, rerank, score_pairs
 
         out_cols = self._out_cols(list(inp.columns))
         if len(inp) == 0:
-            out = inp.reindex(columns=out_cols)
-            return out.astype({"score": np.float64, "rank": np.int64})
+            return empty_reranked(inp, out_cols)
         qcodes, first_rows = query_groups(inp["qid"])
         queries = inp.iloc[first_rows]
         texts = [str(q) for q in queries["query"]]

@@ -76,6 +76,11 @@ class ForwardStore:
         return self.matrix.T.tocsr()
 
     @cached_property
+    def doc_freq(self) -> np.ndarray:
+        """Number of documents with a positive weight on each term (column)."""
+        return np.bincount(self.matrix.indices[self.matrix.data > 0], minlength=len(self.terms))
+
+    @cached_property
     def term_max(self) -> dict[str, float]:
         """Largest document weight of each term (used by the quantisation error bound)."""
         m = (

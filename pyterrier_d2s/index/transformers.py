@@ -227,8 +227,7 @@ class D2SScorer(pt.Transformer):
         pta.validate.result_frame(inp, extra_columns=["query_toks"])
         out_cols = [c for c in inp.columns if c not in ("score", "rank")] + ["score", "rank"]
         if len(inp) == 0:
-            out = inp.reindex(columns=out_cols)
-            return out.astype({"score": np.float64, "rank": np.int64})
+            return empty_reranked(inp, out_cols)
         fwd = self.index.forward()
         qcodes, first_rows = query_groups(inp["qid"])
         queries = QueryBatch.from_toks(fwd, inp["query_toks"].to_numpy()[first_rows])
@@ -272,6 +271,11 @@ def score_pairs(index: D2SIndex, queries: QueryBatch, qcodes: np.ndarray, rows: 
         scores[members] = matrix[rows[members]] @ qdense
         qdense[terms] = 0.0
     return scores
+
+
+def empty_reranked(inp: pd.DataFrame, out_cols: list[str]) -> pd.DataFrame:
+    """What a re-ranker returns for an empty frame: no rows, ``out_cols``, float ``score`` and int ``rank``."""
+    return inp.reindex(columns=out_cols).astype({"score": np.float64, "rank": np.int64})
 
 
 def rerank(

@@ -126,17 +126,6 @@ class Hits:
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
 
     @classmethod
-    def concat(cls, parts: list[Hits], offsets: list[int]) -> Hits:
-        """Hits of consecutive sub-batches; ``offsets[i]`` is the first query position of ``parts[i]``."""
-        if not parts:
-            return cls.empty()
-        return cls(
-            np.concatenate([p.qpos + o for p, o in zip(parts, offsets, strict=True)]),
-            np.concatenate([p.rows for p in parts]),
-            np.concatenate([p.scores for p in parts]),
-        )
-
-    @classmethod
     def from_padded(cls, rows: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> Hits:
         """From ``[n, k]`` arrays of which the first ``counts[i]`` entries of row ``i`` are used."""
         counts = np.asarray(counts, dtype=np.int64)
