@@ -93,7 +93,8 @@ def main() -> None:
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     make_s = time.perf_counter() - t0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config = TrainConfig(exp=args.exp, epochs=args.epochs, batch_size=args.batch_size)
+    # the published setting (all 30,522 output tokens): what the GPU timing targets were set for
+    config = TrainConfig(exp=args.exp, recipe="paper", epochs=args.epochs, batch_size=args.batch_size)
     vocab = Vocabulary(args.vocab) if args.vocab else None
     result: dict = {
         "benchmark": "train_speed",

@@ -141,8 +141,8 @@ def train_evaluate(
     argv = ["train", "--data", data, "--exp", exp, "--eta", repr(eta), "--out", str(head_dir)]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
-    if not args.demo:  # coco500 has its own small-data recipe in d2s train (40 epochs, batch 32)
-        argv += ["--batch-size", str(PAPER_BATCH)]
+    if not args.demo:  # the published MSCOCO/Flickr30k setting; the demo set gets the data-derived recipe
+        argv += ["--recipe", "paper", "--batch-size", str(PAPER_BATCH)]
     report, _ = d2s(*argv, *(["--quiet"] if args.quiet else []))
     report["evaluate"] = None
     if evaluate:

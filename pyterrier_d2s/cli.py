@@ -17,14 +17,6 @@ import numpy as np
 
 __all__ = ["main"]
 
-# Settings for the packaged demo set. 500 pairs make one batch of 512, so the paper's recipe would give 200
-# optimiser steps in all and a one-step first epoch (the p_c = 0 phase that teaches the head caption terms).
-# Batches of 32 give 16 steps an epoch, and the vocabulary layer needs a larger step (1e-3 instead of 5e-5)
-# to sparsify within 640 steps; measured on 2 CPU cores: about 100 s.
-DATASET_DEFAULTS = {
-    "coco500": {"epochs": 40, "batch_size": 32, "lr_proj": 1e-3, "lr_vocab": 1e-3},
-}
-
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a D2S head on dense vectors and report its effectiveness")
@@ -33,14 +25,37 @@ def _add_train(sub) -> None:
     p.add_argument("--eta", type=float, default=1e-3, help="η, sparsity regularisation weight (Eq. 7)")
     p.add_argument("--lam", type=float, default=0.5, help="λ of Eq. 7")
     p.add_argument("--tau", type=float, default=1e-3, help="teacher temperature τ")
-    p.add_argument("--epochs", type=int, default=None, help="default: 200 (40 for coco500)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 512 (32 for coco500)")
-    p.add_argument("--lr-proj", type=float, default=None, help="learning rate of W1 (default 1e-3)")
     p.add_argument(
-        "--lr-vocab",
-        type=float,
+        "--recipe",
+        default="auto",
+        choices=["auto", "paper"],
+        help="defaults of the options below: computed from the training set's size (auto) or the paper's "
+        "MSCOCO setting (paper: 200 epochs, batch 512, all 30,522 output tokens)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="default: from the recipe")
+    p.add_argument("--batch-size", type=int, default=None, help="default: from the recipe")
+    p.add_argument("--lr-proj", type=float, default=None, help="learning rate of W1 (default: recipe)")
+    p.add_argument(
+        "--lr-vocab", type=float, default=None, help="learning rate of LayerNorm + W2 (default: recipe)"
+    )
+    p.add_argument(
+        "--output-vocab",
         default=None,
-        help="learning rate of LayerNorm + W2 (default 5e-5; 1e-3 for coco500)",
+        choices=["all", "captions"],
+        help="tokens the head may output: every WordPiece token, or those of the training captions "
+        "(default: recipe; auto = captions)",
+    )
+    p.add_argument(
+        "--caption-draw",
+        default="batch",
+        choices=["batch", "caption"],
+        help="caption-level expansion draw E_C once per batch (Algorithm 1) or once per caption",
+    )
+    p.add_argument(
+        "--own-terms",
+        default="keep",
+        choices=["keep", "word-draw"],
+        help="own tokens always kept, or multiplied by the word-level draw E_k (EXPAND read literally)",
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -55,13 +70,21 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     data = load_pairs(args.data)
-    defaults = DATASET_DEFAULTS.get(str(args.data), {})
-    settings = {
-        key: getattr(args, key) if getattr(args, key) is not None else defaults[key]
-        for key in ("epochs", "batch_size", "lr_proj", "lr_vocab")
-        if getattr(args, key) is not None or key in defaults
-    }
-    config = TrainConfig(exp=args.exp, eta=args.eta, lam=args.lam, tau=args.tau, seed=args.seed, **settings)
+    config = TrainConfig(
+        exp=args.exp,
+        eta=args.eta,
+        lam=args.lam,
+        tau=args.tau,
+        seed=args.seed,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr_proj=args.lr_proj,
+        lr_vocab=args.lr_vocab,
+        output_vocab=args.output_vocab,
+        caption_draw=args.caption_draw,
+        own_terms=args.own_terms,
+    )
     trainer = D2STrainer(config, checkpoint_dir=args.out, device=args.device, progress=not args.quiet)
     result = trainer.fit(data, dense_encoder=data.meta.get("dense_encoder"))
     result.head.save_pretrained(args.out)
@@ -82,7 +105,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
         "semantic20": sparse["semantic20"],
         "q_nnz": sparse["q_nnz"],
         "d_nnz": sparse["d_nnz"],
-        "epochs": config.epochs,
+        **result.config.recipe_values(),
+        "caption_draw": args.caption_draw,
+        "own_terms": args.own_terms,
+        "output_tokens": result.head.output_vocab_size,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),
         "out": str(args.out),
@@ -295,7 +321,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--exp", default="c+w", choices=["0", "1", "c", "c+w"])
     p.add_argument("--eta", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--epochs", type=int, default=None, help="default: the coco500 recipe (40)")
+    p.add_argument("--epochs", type=int, default=None, help="default: from the recipe")
     p.add_argument(
         "--noexp-epochs",
         type=int,
@@ -350,10 +376,14 @@ def _demo_train(args: argparse.Namespace, exp: str, epochs: int | None, out: str
             eta=args.eta,
             lam=0.5,
             tau=1e-3,
+            recipe="auto",
             epochs=epochs,
             batch_size=None,
             lr_proj=None,
             lr_vocab=None,
+            output_vocab=None,
+            caption_draw="batch",
+            own_terms="keep",
             seed=args.seed,
             device=None,
             out=out,

@@ -23,7 +23,7 @@ from torch import nn
 
 from .vocab import Vocabulary, default_tokenizer_dir, ids_to_csr
 
-__all__ = ["D2SHead", "D2SHeadConfig", "load_word_embeddings"]
+__all__ = ["D2SHead", "D2SHeadConfig", "load_word_embeddings", "sparse_projection"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -106,7 +106,31 @@ class D2SHead(nn.Module):
         elif config.init != "random":
             raise ValueError(f"init must be 'embeddings' or 'random', not {config.init!r}")
         keep = torch.from_numpy(~self.vocab.special_mask).float()
-        self.register_buffer("keep_mask", keep, persistent=False)
+        self.register_buffer("special_keep", keep, persistent=False)
+        # which tokens the head may output at all (1 = allowed): saved with the weights, so a head trained
+        # on a restricted output vocabulary (TrainConfig.output_vocab) keeps it after loading
+        self.register_buffer("output_mask", torch.ones(config.vocab_size))
+
+    @property
+    def keep_mask(self) -> torch.Tensor:
+        """1 for the tokens that may carry weight: allowed outputs that are not special tokens."""
+        return self.special_keep * self.output_mask
+
+    def set_output_tokens(self, token_ids: np.ndarray | None) -> None:
+        """Restrict the outputs to ``token_ids`` (vocabulary ids); ``None`` allows every token again."""
+        mask = torch.ones_like(self.output_mask)
+        if token_ids is not None:
+            ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64))
+            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+                raise ValueError(f"output token ids must be in [0, {self.config.vocab_size})")
+            mask.zero_()
+            mask[ids.to(mask.device)] = 1
+        self.output_mask.copy_(mask)
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Number of tokens the head can output (special tokens excluded)."""
+        return int(self.keep_mask.sum())
 
     # -- the projection -------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,12 +144,7 @@ class D2SHead(nn.Module):
             )
         hidden = self.norm(self.proj(z))
         keep = self.keep_mask if mask is None else mask * self.keep_mask
-        if torch.is_grad_enabled() and hidden.device.type == "cpu":
-            return _SparseGradVocabProjection.apply(
-                hidden, self.vocab_proj.weight, self.vocab_proj.bias, keep
-            )
-        logits = self.vocab_proj(hidden)
-        return _LogReluMasked.apply(logits, keep.to(logits.dtype))
+        return sparse_projection(hidden, self.vocab_proj.weight, self.vocab_proj.bias, keep)
 
     @torch.no_grad()
     def encode(
@@ -186,7 +205,14 @@ class D2SHead(nn.Module):
     def _column_weights(self, columns: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
         """(W2 rows, b2 entries, special-token mask) of ``columns``, cached while the weights are unchanged."""
         w, b = self.vocab_proj.weight, self.vocab_proj.bias
-        key = (columns.tobytes(), w._version, b._version, w.data_ptr(), str(device))
+        key = (
+            columns.tobytes(),
+            w._version,
+            b._version,
+            self.output_mask._version,
+            w.data_ptr(),
+            str(device),
+        )
         cached = self.__dict__.get("_column_cache")
         if cached is None or cached[0] != key:
             idx = torch.from_numpy(columns).to(w.device)
@@ -241,8 +267,23 @@ class D2SHead(nn.Module):
         # skip the embedding initialisation: the weights are overwritten right away
         head = cls(D2SHeadConfig(**{**asdict(config), "init": "random"}), vocab=vocab)
         head.config = config
-        head.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        state = load_file(str(directory / WEIGHTS_NAME))
+        state.setdefault("output_mask", torch.ones(config.vocab_size))  # heads saved before it existed
+        head.load_state_dict(state)
         return head.to(device)
+
+
+def sparse_projection(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """``log(1 + max(0, hidden · weightᵀ + bias)) * keep``: the head's last two steps, memory-lean for training.
+
+    On CPU with gradients the backward pass skips vocabulary columns that are zero for the whole batch.
+    """
+    if torch.is_grad_enabled() and hidden.device.type == "cpu":
+        return _SparseGradVocabProjection.apply(hidden, weight, bias, keep)
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return _LogReluMasked.apply(logits, keep.to(logits.dtype))
 
 
 class _LogReluMasked(torch.autograd.Function):

@@ -83,12 +83,17 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path, vocab):
 
 def test_history_schedule_and_best_head(vocab):
     data = synthetic_pairs()
-    res = D2STrainer(small_config(epochs=3), vocab=vocab, progress=False).fit(data)
-    assert [h["p_c"] for h in res.history] == pytest.approx([0, 1 / 3, 2 / 3])
-    assert res.best_r1 == max(h["r1"] for h in res.history)
+    res = D2STrainer(small_config(epochs=5, select_from=0.4), vocab=vocab, progress=False).fit(data)
+    # p_c reaches 1 in the final epoch (the paper's text), in steps of 1/(epochs - 1)
+    assert [h["p_c"] for h in res.history] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    # eligible: epochs 3..5 (select_from 0.4 of 5 epochs = 2, and the L1 warm-up of 0.2 * 5 = 1 epoch is over)
+    eligible = [h for h in res.history if h["epoch"] >= 3]
+    best = max(eligible, key=lambda h: (h["mrr"], h["epoch"]))
+    assert res.best_epoch == best["epoch"] and res.best_r1 == best["r1"]
     assert res.head.config.extra["best_epoch"] == res.best_epoch
+    assert res.head.config.extra["select_from"] == 0.4
     for h in res.history:
-        assert 0 <= h["r1"] <= 1 and h["flops"] >= 0 and h["q_nnz"] >= 0
+        assert 0 <= h["r1"] <= h["mrr"] + 1e-12 <= 1 + 1e-12 and h["flops"] >= 0 and h["q_nnz"] >= 0
 
 
 def test_bad_inputs_are_reported(vocab):
@@ -110,6 +115,85 @@ def test_bad_inputs_are_reported(vocab):
         D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
     with pytest.raises(ValueError, match="exp must be one of"):
         TrainConfig(exp="2")
+    for name in ("eta", "lr_vocab", "lr_proj", "tau"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            TrainConfig(**{name: float("nan")})
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        TrainConfig(recipe="coco500")
+    with pytest.raises(ValueError, match="output_vocab"):
+        TrainConfig(output_vocab="words")
+
+
+def test_resume_onto_other_data_of_the_same_shape_is_refused(tmp_path, vocab):
+    data = synthetic_pairs()
+    D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
+    other = synthetic_pairs()
+    other.caption_vectors = other.caption_vectors[::-1].copy()  # same sizes, other pairs
+    with pytest.raises(ValueError, match="other settings or data"):
+        D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(other)
+
+
+def test_corrupt_checkpoint_gives_a_hint(tmp_path, vocab):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"\x80\x02 not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint.*delete it"):
+        D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(
+            synthetic_pairs()
+        )
+
+
+def test_output_vocab_captions_restricts_the_head_to_training_caption_tokens(tmp_path, vocab):
+    data = synthetic_pairs()
+    res = D2STrainer(small_config(epochs=2, output_vocab="captions"), vocab=vocab, progress=False).fit(data)
+    allowed = set(np.concatenate(vocab.token_ids(data.caption_texts)).tolist())
+    assert res.head.output_vocab_size == len(allowed) == res.head.config.extra["output_tokens"]
+    out = res.head.encode(np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32))
+    assert set(out.indices.tolist()) <= allowed
+    # the restriction is saved with the weights
+    res.head.save_pretrained(tmp_path / "h")
+    from pyterrier_d2s.head import D2SHead
+
+    loaded = D2SHead.from_pretrained(tmp_path / "h")
+    assert loaded.output_vocab_size == len(allowed)
+    z = torch.from_numpy(data.image_vectors)
+    torch.testing.assert_close(loaded(z), res.head(z))
+
+
+def test_training_head_equals_the_full_head_on_its_columns(vocab):
+    """The compact head used for training computes exactly the full head's weights on its columns."""
+    from pyterrier_d2s.training.trainer import _TrainingHead
+
+    trainer = D2STrainer(small_config(), vocab=vocab, progress=False)
+    head = trainer.new_head(8)
+    with torch.no_grad():
+        head.vocab_proj.bias.normal_(0, 1.0)  # many positive logits
+    columns = np.sort(
+        np.random.default_rng(1).choice(np.flatnonzero(~vocab.special_mask), 300, replace=False)
+    )
+    compact = _TrainingHead(head, columns)
+    z = torch.randn(7, 8)
+    torch.testing.assert_close(compact(z), head(z)[:, torch.from_numpy(columns)])
+    # trained weights go back into the full head's rows; other rows are untouched
+    state = {k: v + 0.5 for k, v in compact.state_dict().items()}
+    before = head.vocab_proj.weight.detach().clone()
+    compact.write_into(head, state)
+    torch.testing.assert_close(head.vocab_proj.weight[torch.from_numpy(columns)], state["vocab_proj.weight"])
+    others = np.setdiff1d(np.arange(len(vocab)), columns)
+    assert torch.equal(head.vocab_proj.weight[others], before[others])
+    torch.testing.assert_close(head.proj.weight, state["proj.weight"])
+
+
+def test_default_recipe_follows_the_data_not_its_name(vocab):
+    a = synthetic_pairs(n_images=40)
+    b = synthetic_pairs(n_images=40, seed=5)
+    b.name = "coco500"
+    trainer = D2STrainer(TrainConfig(), vocab=vocab, progress=False)
+    assert trainer.resolve(a) == trainer.resolve(b)
+    big = synthetic_pairs(n_images=640, captions_per_image=2)
+    assert trainer.resolve(big).batch_size == 64  # 1,280 captions / 20 = 64
+    # explicit values win over the recipe; recipe="paper" is the published setting
+    assert D2STrainer(TrainConfig(epochs=3, lr_vocab=2e-4), vocab=vocab).resolve(a).epochs == 3
+    paper = D2STrainer(TrainConfig(recipe="paper"), vocab=vocab).resolve(a)
+    assert (paper.epochs, paper.batch_size, paper.lr_vocab, paper.output_vocab) == (200, 512, 5e-5, "all")
 
 
 def write_small_vectors_dir(path: Path, n: int) -> Path:
@@ -209,6 +293,8 @@ def test_cli_train_reports_the_paper_numbers(tmp_path):
         assert key in report, key
     assert report["dense_r1"] == pytest.approx(0.506, abs=1e-3)
     assert report["sparse_r1"] > 0.05  # 25x chance (1/500) after 3 epochs
+    # explicit options override the recipe, and the values used are reported
+    assert (report["recipe"], report["batch_size"], report["lr_vocab"]) == ("auto", 128, 5e-5)
     assert (tmp_path / "h" / "config.json").is_file() and (tmp_path / "h" / "model.safetensors").is_file()
 
 

@@ -10,26 +10,29 @@ uninterrupted one (same seed, CPU).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.pairs import PairedVectors
-from ..head import D2SHead, D2SHeadConfig, load_word_embeddings
+from ..head import D2SHead, D2SHeadConfig, load_word_embeddings, sparse_projection
 from ..vocab import Vocabulary, ids_to_csr
 from .cuda_graph import GraphedStep
 from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss, l1_warmup_factor, sparse_scores
+from .recipe import RECIPES, TrainingSetShape, recipe_for
 
 __all__ = ["D2STrainer", "TrainConfig", "TrainResult"]
 
@@ -38,25 +41,42 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+# options a recipe sets when the config leaves them at None
+RECIPE_KEYS = ("epochs", "batch_size", "lr_proj", "lr_vocab", "warmup_ratio", "output_vocab", "select_from")
+OUTPUT_VOCABS = ("all", "captions")
+
+
 @dataclass
 class TrainConfig:
-    """Hyper-parameters. Defaults follow the paper and its published setting.
+    """Hyper-parameters. ``None`` fields are set by the recipe from the training data (see
+    :mod:`pyterrier_d2s.training.recipe`); an explicit value overrides the recipe.
 
     ``lam`` is λ and ``eta`` is η of Eq. 7; λ = 0.5 makes Eq. 7 the published script's
     ``(ℓ(I→C) + ℓ(C→I))/2 + η·(L1(s_I) + L1(s_C))/2``.
+
+    ``output_vocab``: ``"all"`` (the paper: every non-special WordPiece token) or ``"captions"`` (only tokens
+    of the training captions: the head cannot drift onto words no caption uses, and a step projects onto a
+    few thousand rows instead of 30,522). ``select_from``: the best epoch (by validation MRR) is chosen among
+    the epochs from this share of the run on, so that an early, not yet sparse head is never picked.
+    ``caption_draw`` / ``own_terms``: see :class:`ExpansionControl`.
     """
 
     exp: str = "c+w"
     eta: float = 1e-3
     lam: float = 0.5
     tau: float = 1e-3
-    epochs: int = 200
-    batch_size: int = 512
-    lr_proj: float = 1e-3  # W1
-    lr_vocab: float = 5e-5  # LayerNorm + W2 (initialised from vocabulary embeddings)
+    recipe: str = "auto"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr_proj: float | None = None  # W1
+    lr_vocab: float | None = None  # LayerNorm + W2 (initialised from vocabulary embeddings)
     lr_vocab_bias: float | None = None  # W2's bias (starts at zero, not pre-trained); None: lr_vocab
-    warmup_ratio: float = 0.2  # linear LR warm-up over this share of the steps, then linear decay
+    warmup_ratio: float | None = None  # linear LR warm-up over this share of the steps, then linear decay
     l1_warmup: bool = True  # quadratic warm-up of the L1 weight over the same steps
+    output_vocab: str | None = None
+    select_from: float | None = None
+    caption_draw: str = "batch"
+    own_terms: str = "keep"
     hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
     init: str = "embeddings"
     seed: int = 42
@@ -67,8 +87,39 @@ class TrainConfig:
     def __post_init__(self):
         if self.exp not in EXPANSION_MODES:
             raise ValueError(f"exp must be one of {EXPANSION_MODES}, not {self.exp!r}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, not {self.recipe!r}")
+        for name in (
+            "eta",
+            "lam",
+            "tau",
+            "lr_proj",
+            "lr_vocab",
+            "lr_vocab_bias",
+            "warmup_ratio",
+            "select_from",
+        ):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, not {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2, not {self.batch_size}")
+        if self.output_vocab is not None and self.output_vocab not in OUTPUT_VOCABS:
+            raise ValueError(f"output_vocab must be one of {OUTPUT_VOCABS}, not {self.output_vocab!r}")
+        if self.select_from is not None and not 0.0 <= self.select_from < 1.0:
+            raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
+        ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
+
+    def resolved(self, shape: TrainingSetShape) -> TrainConfig:
+        """A copy with every ``None`` recipe field set from ``recipe`` for a training set of ``shape``."""
+        chosen = recipe_for(self.recipe, shape)
+        return replace(self, **{k: chosen[k] for k in RECIPE_KEYS if getattr(self, k) is None})
+
+    def recipe_values(self) -> dict[str, Any]:
+        """The values of the recipe fields (after :meth:`resolved`), as recorded in reports and configs."""
+        return {"recipe": self.recipe, **{k: getattr(self, k) for k in RECIPE_KEYS}}
 
 
 @dataclass
@@ -78,6 +129,7 @@ class TrainResult:
     best_r1: float
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    config: TrainConfig | None = None  # the resolved configuration the run used
 
 
 # settings that change how fast a run goes, not what it computes: a run may resume with other values
@@ -111,18 +163,52 @@ class _TokenRows:
         return out[:, : self.vocab_size]
 
 
+class _TrainingHead(nn.Module):
+    """The head restricted to its allowed output columns, for training.
+
+    Same maths as :class:`D2SHead` on those columns (every other column is zero anyway), with W2 and b2
+    holding only their rows, so a step's projection, its backward pass and AdamW touch ``len(columns)`` rows
+    instead of |V|. :meth:`write_into` copies the trained weights back into the full head.
+    """
+
+    def __init__(self, head: D2SHead, columns: np.ndarray):
+        super().__init__()
+        self.proj = copy.deepcopy(head.proj)
+        self.norm = copy.deepcopy(head.norm)
+        idx = torch.from_numpy(columns)
+        self.vocab_proj = nn.Linear(head.config.hidden_dim, len(columns))
+        with torch.no_grad():
+            self.vocab_proj.weight.copy_(head.vocab_proj.weight[idx])
+            self.vocab_proj.bias.copy_(head.vocab_proj.bias[idx])
+        self.register_buffer("keep_mask", torch.ones(len(columns)), persistent=False)
+        self.columns = columns
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        keep = self.keep_mask if mask is None else mask * self.keep_mask
+        return sparse_projection(self.norm(self.proj(z)), self.vocab_proj.weight, self.vocab_proj.bias, keep)
+
+    @torch.no_grad()
+    def write_into(self, head: D2SHead, state: dict[str, torch.Tensor]) -> None:
+        """Load ``state`` (a state dict of this module) into the full ``head``'s columns."""
+        idx = torch.from_numpy(self.columns)
+        for name in ("proj.weight", "proj.bias", "norm.weight", "norm.bias"):
+            head.state_dict()[name].copy_(state[name])
+        head.vocab_proj.weight[idx] = state["vocab_proj.weight"].to(head.vocab_proj.weight.dtype)
+        head.vocab_proj.bias[idx] = state["vocab_proj.bias"].to(head.vocab_proj.bias.dtype)
+
+
 class D2STrainer:
     """Trains a :class:`D2SHead` on :class:`PairedVectors`.
 
     Args:
-        config: hyper-parameters.
+        config: hyper-parameters (``None`` fields come from the recipe, computed from the training data).
         vocab: the output vocabulary (default: offline bert-base-uncased).
         embeddings: |V| x ω matrix to initialise W2 (default: the vocabulary's shipped word embeddings).
         checkpoint_dir: where the per-epoch checkpoint goes; a checkpoint found there is resumed.
         device: ``"cuda"``, ``"cpu"``... (default: CUDA when available).
         callbacks: called as ``cb(event, info)`` after every step (``"step"``; ``info["loss"]`` is a 0-d tensor
             on the device, so a callback that does not read it costs no GPU synchronisation) and after every
-            epoch (``"epoch"``; the history record: loss, p_c, r1, flops, q_nnz, d_nnz).
+            epoch (``"epoch"``; the history record: loss, p_c, r1, mrr, flops, q_nnz, d_nnz).
         progress: show a tqdm bar.
     """
 
@@ -140,13 +226,17 @@ class D2STrainer:
         self.vocab = vocab or Vocabulary()
         self.embeddings = embeddings
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.callbacks = list(callbacks or [])
         self.progress = progress
 
     # -- set-up ---------------------------------------------------------------------------------------
-    def new_head(self, input_dim: int, dense_encoder: str | None = None) -> D2SHead:
-        cfg = self.config
+    def new_head(
+        self, input_dim: int, dense_encoder: str | None = None, config: TrainConfig | None = None
+    ) -> D2SHead:
+        cfg = config or self.config
         embeddings, embeddings_from = self.embeddings, None
         if cfg.init == "embeddings" and embeddings is None:
             embeddings_from = self.vocab.name_or_dir
@@ -164,7 +254,21 @@ class D2STrainer:
         torch.manual_seed(cfg.seed)
         return D2SHead(head_cfg, vocab=self.vocab, embeddings=embeddings)
 
-    def _lr_factor(self, step: int, total: int, warmup: int) -> float:
+    def resolve(self, data: PairedVectors) -> TrainConfig:
+        """The configuration a :meth:`fit` on ``data`` uses: the recipe's values for its training split."""
+        train, _ = data.train_and_validation()
+        return self.config.resolved(TrainingSetShape(len(train.image_ids), len(train), train.dim))
+
+    def output_columns(self, cfg: TrainConfig, own_train: sp.csr_matrix) -> np.ndarray:
+        """Vocabulary ids the head may output: non-special tokens, of the training captions with
+        ``output_vocab="captions"``."""
+        allowed = ~self.vocab.special_mask
+        if cfg.output_vocab == "captions":
+            allowed &= np.asarray((own_train > 0).sum(axis=0)).ravel() > 0
+        return np.flatnonzero(allowed).astype(np.int64)
+
+    @staticmethod
+    def _lr_factor(step: int, total: int, warmup: int) -> float:
         if step < warmup:
             return step / max(1, warmup)
         return max(0.0, (total - step) / max(1, total - warmup))
@@ -172,23 +276,30 @@ class D2STrainer:
     # -- training -------------------------------------------------------------------------------------
     def fit(self, data: PairedVectors, dense_encoder: str | None = None) -> TrainResult:
         """Train on ``data``'s training pairs, validate on its validation pairs, return the best head."""
-        cfg = self.config
         data.validate()
         train, val = data.train_and_validation()
         if len(train) < 2:
             raise ValueError(f"{data.name}: need at least 2 training captions, got {len(train)}")
+        if train.dim < 1:
+            raise ValueError(f"{data.name}: the vectors have dimension 0")
+        cfg = self.resolve(data)
+        logger.info("training recipe: %s", cfg.recipe_values())
         dev = self.device
         started = time.perf_counter()
 
-        own_train = ids_to_csr(self.vocab.token_ids(train.caption_texts), len(self.vocab))
+        own_full = ids_to_csr(self.vocab.token_ids(train.caption_texts), len(self.vocab))
+        columns = self.output_columns(cfg, own_full)
+        own_train = own_full[:, columns]
         df = self.vocab.document_frequency(own_train)
-        control = ExpansionControl(cfg.exp, cfg.epochs, df)
+        control = ExpansionControl(cfg.exp, cfg.epochs, df, cfg.caption_draw, cfg.own_terms)
         token_rows = _TokenRows(own_train, dev)
         val_own = None
         if cfg.exp == "0":  # a model trained without expansion is validated without it
-            val_own = _TokenRows(ids_to_csr(self.vocab.token_ids(val.caption_texts), len(self.vocab)), dev)
+            val_ids = ids_to_csr(self.vocab.token_ids(val.caption_texts), len(self.vocab))[:, columns]
+            val_own = _TokenRows(val_ids.tocsr(), dev)
 
-        head = self.new_head(train.dim, dense_encoder).to(dev)
+        full_head = self.new_head(train.dim, dense_encoder, cfg)
+        head = _TrainingHead(full_head, columns).to(dev)
         loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
         graphed = cfg.cuda_graph and GraphedStep.supported(dev)
         base_lrs = [
@@ -205,7 +316,7 @@ class D2STrainer:
             betas=(0.9, 0.999),
             eps=1e-8,
             weight_decay=0.0,
-            fused=True,  # one kernel for the 11.7M-parameter W2: ~8x faster than the per-tensor loop on CPU
+            fused=True,  # one kernel for W2: ~8x faster than the per-tensor loop on CPU
             capturable=graphed,
         )
         generator = torch.Generator().manual_seed(cfg.seed)  # batch order (host)
@@ -225,15 +336,15 @@ class D2STrainer:
             torch.from_numpy(val.caption_image).to(dev),
         )
 
-        start_epoch, best_r1, best_epoch, best_state, history = 0, -1.0, -1, None, []
-        fingerprint = {"images": len(train.image_ids), "captions": n, "dim": train.dim}
-        ckpt = self._load_checkpoint(fingerprint)
+        start_epoch, best_score, best_epoch, best_state, history = 0, -1.0, -1, None, []
+        fingerprint = _fingerprint(train, columns)
+        ckpt = self._load_checkpoint(fingerprint, cfg)
         if ckpt is not None:
             head.load_state_dict(ckpt["head"])
             optimizer.load_state_dict(ckpt["optimizer"])
             generator.set_state(ckpt["generator"])
             mask_generator.set_state(ckpt["mask_generator"])
-            start_epoch, best_r1, best_epoch = ckpt["epoch"], ckpt["best_r1"], ckpt["best_epoch"]
+            start_epoch, best_score, best_epoch = ckpt["epoch"], ckpt["best_score"], ckpt["best_epoch"]
             best_state, history = ckpt["best_state"], ckpt["history"]
             logger.info("resuming from %s at epoch %d", self.checkpoint_dir, start_epoch)
 
@@ -244,7 +355,7 @@ class D2STrainer:
             group["capturable"] = graphed
         # schedule values the step reads from the device, updated in place (a CUDA graph sees the updates)
         p_c = torch.zeros((), device=dev)
-        p_k = torch.ones(len(self.vocab), device=dev)
+        p_k = torch.ones(len(columns), device=dev)
         l1_factor = torch.ones((), device=dev)
         use_amp = cfg.amp and dev.type == "cuda"
 
@@ -269,6 +380,7 @@ class D2STrainer:
             if graphed
             else eager_step
         )
+        first_eligible = _first_eligible_epoch(cfg)
         bar = tqdm(
             range(start_epoch, cfg.epochs),
             initial=start_epoch,
@@ -300,16 +412,18 @@ class D2STrainer:
                 for cb in self.callbacks:
                     cb("step", {"epoch": epoch, "step": b, "loss": loss})
 
-            metrics = self._validate(head, val_tensors, val_own)
-            record = {
-                "epoch": epoch + 1,
-                "loss": float(epoch_loss) / steps_per_epoch,
-                "p_c": control.caption_prob(epoch),
-                **metrics,
-            }
+            metrics = self._validate(head, val_tensors, val_own, cfg.eval_batch_size)
+            loss_value = float(epoch_loss) / steps_per_epoch
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"training diverged in epoch {epoch + 1} (loss {loss_value}); lower the learning rates"
+                )
+            record = {"epoch": epoch + 1, "loss": loss_value, "p_c": control.caption_prob(epoch), **metrics}
             history.append(record)
-            if metrics["r1"] > best_r1:
-                best_r1, best_epoch = metrics["r1"], epoch + 1
+            # selection by validation MRR (steadier than R@1 on a few dozen images), among eligible epochs;
+            # a tie goes to the later, sparser epoch
+            if epoch + 1 >= first_eligible and metrics["mrr"] >= best_score:
+                best_score, best_epoch = metrics["mrr"], epoch + 1
                 best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
             bar.set_postfix(
                 loss=f"{record['loss']:.3f}",
@@ -325,7 +439,7 @@ class D2STrainer:
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                     "mask_generator": mask_generator.get_state(),
-                    "best_r1": best_r1,
+                    "best_score": best_score,
                     "best_epoch": best_epoch,
                     "best_state": best_state,
                     "history": history,
@@ -337,38 +451,55 @@ class D2STrainer:
                 cb("epoch", record)
         bar.close()
 
-        best = copy.deepcopy(head).cpu()
-        if best_state is not None:
-            best.load_state_dict(best_state)
-        best.config.extra = {
+        head.cpu().write_into(full_head, best_state)
+        if cfg.output_vocab != "all":
+            full_head.set_output_tokens(columns)
+        best_r1 = next(r["r1"] for r in history if r["epoch"] == best_epoch)
+        full_head.config.extra = {
             "eta": cfg.eta,
             "lam": cfg.lam,
             "tau": cfg.tau,
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
+            **cfg.recipe_values(),
+            "caption_draw": cfg.caption_draw,
+            "own_terms": cfg.own_terms,
             "seed": cfg.seed,
             "best_epoch": best_epoch,
             "val_r1": best_r1,
+            "val_mrr": best_score,
+            "output_tokens": len(columns),
             "trained_on": data.name,
         }
-        return TrainResult(best, best_epoch, best_r1, history, time.perf_counter() - started)
+        return TrainResult(full_head, best_epoch, best_r1, history, time.perf_counter() - started, cfg)
 
     @torch.no_grad()
-    def _validate(self, head: D2SHead, val_tensors, val_own: _TokenRows | None) -> dict[str, float]:
-        """Caption→image R@1 over exact sparse scores, FLOPs (Eq. 1) and mean non-zeros."""
+    def _validate(
+        self, head: nn.Module, val_tensors, val_own: _TokenRows | None, bs: int
+    ) -> dict[str, float]:
+        """Caption→image R@1 and MRR (full ranking) over exact sparse scores, FLOPs (Eq. 1), mean non-zeros.
+
+        The gold image must score above 0 to count (an inverted index never returns a score-0 image), and
+        ties are ranked pessimistically, so a head that scores everything alike is not rewarded.
+        """
         head.eval()
         z_cap, z_img, gold = val_tensors
-        bs = self.config.eval_batch_size
         s_img = torch.cat([head(z_img[i : i + bs]) for i in range(0, len(z_img), bs)])
         d_counts = torch.count_nonzero(s_img, dim=0).double()
         q_counts = torch.zeros_like(d_counts)
-        hits, q_nnz = 0, 0.0
+        hits, rr, q_nnz = 0, 0.0, 0.0
         for i in range(0, len(z_cap), bs):
             rows = torch.arange(i, min(i + bs, len(z_cap)), device=z_cap.device)
             s_cap = head(z_cap[rows], mask=None if val_own is None else val_own.mask(rows))
             scores = sparse_scores(s_cap, s_img)
-            best_score, best_doc = scores.max(dim=1)
-            hits += int(((best_doc == gold[i : i + bs]) & (best_score > 0)).sum())
+            g = gold[i : i + bs]
+            gold_score = scores.gather(1, g[:, None]).squeeze(1)
+            rank = (scores >= gold_score[:, None]).sum(dim=1)  # 1 = first; ties count against the gold
+            found = gold_score > 0
+            hits += int(((rank == 1) & found).sum())
+            rr += float(
+                torch.where(
+                    found, 1.0 / rank.double(), torch.zeros_like(gold_score, dtype=torch.double)
+                ).sum()
+            )
             nz = torch.count_nonzero(s_cap, dim=0).double()
             q_counts += nz
             q_nnz += float(nz.sum())
@@ -376,26 +507,33 @@ class D2STrainer:
         n_c, n_i = len(z_cap), len(z_img)
         return {
             "r1": hits / n_c,
+            "mrr": rr / n_c,
             "flops": float(q_counts @ d_counts) / (n_c * n_i),
             "q_nnz": q_nnz / n_c,
             "d_nnz": float(d_counts.sum()) / n_i,
         }
 
     # -- checkpoints ----------------------------------------------------------------------------------
-    def _load_checkpoint(self, fingerprint: dict) -> dict | None:
+    def _load_checkpoint(self, fingerprint: dict, cfg: TrainConfig) -> dict | None:
         if self.checkpoint_dir is None:
             return None
         path = self.checkpoint_dir / CHECKPOINT_NAME
         if not path.is_file():
             return None
-        # weights_only: plain tensors and containers, no arbitrary pickle code
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if _training_settings(ckpt.get("config")) != _training_settings(asdict(self.config)) or (
+        try:
+            # weights_only: plain tensors and containers, no arbitrary pickle code
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or foreign file: torch raises RuntimeError, EOFError, ...
+            raise ValueError(
+                f"{path} is not a readable checkpoint ({type(e).__name__}); delete it to start afresh"
+            ) from e
+        if not isinstance(ckpt, dict) or "best_score" not in ckpt:
+            raise ValueError(f"{path} is not a checkpoint of this version; delete it to start afresh")
+        if _training_settings(ckpt.get("config")) != _training_settings(asdict(cfg)) or (
             ckpt.get("fingerprint") != fingerprint
         ):
             raise ValueError(
-                f"{path} was written by a run with other settings or data "
-                f"({ckpt.get('config')}, {ckpt.get('fingerprint')}); use another --out or delete it"
+                f"{path} was written by a run with other settings or data; use another --out or delete it"
             )
         return ckpt
 
@@ -410,3 +548,27 @@ class D2STrainer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint or the new one, never half
+
+
+def _first_eligible_epoch(cfg: TrainConfig) -> int:
+    """First epoch (1-based) the best head may come from: after ``select_from`` of the run, and never before
+    the L1 warm-up is over (a head is not sparse before), capped at the last epoch."""
+    after_share = math.floor(cfg.select_from * cfg.epochs) + 1
+    after_warmup = (
+        math.ceil(cfg.warmup_ratio * cfg.epochs) + 1 if cfg.l1_warmup and cfg.select_from > 0 else 1
+    )
+    return min(cfg.epochs, max(after_share, after_warmup))
+
+
+def _fingerprint(train: PairedVectors, columns: np.ndarray) -> dict:
+    """What a resumed run must share with the checkpoint: sizes and a digest of the data and outputs.
+
+    Equal shapes are not enough (another data set of the same size would resume silently), so the digest
+    covers the vectors, the caption texts and links, and the output columns.
+    """
+    h = hashlib.sha256()
+    for arr in (train.image_vectors, train.caption_vectors, train.caption_image, columns):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    for text in train.caption_texts:
+        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return {"images": len(train.image_ids), "captions": len(train), "dim": train.dim, "sha256": h.hexdigest()}

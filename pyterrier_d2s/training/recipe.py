@@ -1,0 +1,95 @@
+"""Training recipes: the published MSCOCO setting, and defaults computed from the training data.
+
+``"paper"`` is Section 5.1's setting (batch 512, 200 epochs) with the published learning rates: right for
+MSCOCO's 566k captions, where an epoch is 1,100 optimiser steps. On a few hundred pairs it is one step an
+epoch, 200 in all: the p_c = 0 phase that teaches the head the captions' terms is a single step.
+
+``"auto"`` (the default) derives the run from the training set, never from its name; see :func:`auto_recipe`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["RECIPES", "TrainingSetShape", "auto_recipe", "paper_recipe", "recipe_for"]
+
+RECIPES = ("auto", "paper")
+
+
+@dataclass(frozen=True)
+class TrainingSetShape:
+    """What a recipe may look at: sizes of the training split, never its name."""
+
+    images: int
+    captions: int
+    dim: int
+
+    @property
+    def captions_per_image(self) -> float:
+        return self.captions / max(1, self.images)
+
+
+def paper_recipe(shape: TrainingSetShape) -> dict:
+    """The paper's MSCOCO setting (batch 512, 200 epochs; W1 at 1e-3, LayerNorm + W2 at 5e-5)."""
+    return {
+        "epochs": 200,
+        "batch_size": 512,
+        "lr_proj": 1e-3,
+        "lr_vocab": 5e-5,
+        "warmup_ratio": 0.2,
+        "output_vocab": "all",
+        "select_from": 0.0,
+    }
+
+
+# the paper's run on MSCOCO: 200 epochs x ceil(566,435 / 512) steps, with W2 at 5e-5
+_PAPER_STEPS = 200 * 1107
+_PAPER_LR_VOCAB = 5e-5
+
+
+def auto_recipe(shape: TrainingSetShape) -> dict:
+    """Defaults computed from the size of the training split (never its name).
+
+    * ``batch_size``: the power of two nearest ``captions / 20`` in [16, 512]: about 20 optimiser steps an
+      epoch on small sets, the paper's 512 from ~10k captions on. On 350 COCO captions, batches of 16 gave
+      held-out R@1 0.31 and 128 gave 0.27 (same epochs, fold 0).
+    * ``epochs``: enough for ``>= 600`` optimiser steps and ``>= 20`` epochs, at most 200 (the paper's): the
+      expansion schedule moves in steps of 1/(epochs - 1), so its p_c = 0 phase (the one that teaches the
+      head the captions' terms) stays a short share of the run; on 350 captions 10, 20 and 40 epochs gave
+      the same held-out R@1 within fold noise, 91 epochs less.
+    * ``lr_vocab`` (LayerNorm + W2): ``5e-5 · sqrt(221,400 / total steps)`` within [5e-5, 1e-3], so that the
+      paper's 5e-5 holds at its 221k steps and a 600-step run gets 1e-3 (at the paper's 5e-5 a 600-step run
+      stays at FLOPs in the thousands; 1e-4 and 1e-3 gave the same held-out R@1).
+    * ``lr_proj`` (W1) 1e-3 and the 20 % warm-up: the published setting.
+    * ``output_vocab="captions"``: the head outputs only tokens of the training captions. On 5 folds of the
+      demo set this kept held-out R@1, cut FLOPs about 4x and raised Exact@20 (0.03 → 0.07); a step then
+      projects onto a few thousand rows instead of 30,522 (about 20x faster on a CPU).
+    * ``select_from=0.5``: the best epoch is picked by validation MRR among the second half of the run.
+    """
+    batch = _pow2_clamp(shape.captions / 20, 16, 512)
+    steps_per_epoch = max(1, math.ceil(shape.captions / batch))
+    epochs = int(min(200, max(20, math.ceil(600 / steps_per_epoch))))
+    total_steps = epochs * steps_per_epoch
+    lr_vocab = min(1e-3, max(_PAPER_LR_VOCAB, _PAPER_LR_VOCAB * math.sqrt(_PAPER_STEPS / total_steps)))
+    return {
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr_proj": 1e-3,
+        "lr_vocab": float(f"{lr_vocab:.3g}"),
+        "warmup_ratio": 0.2,
+        "output_vocab": "captions",
+        "select_from": 0.5,
+    }
+
+
+def recipe_for(name: str, shape: TrainingSetShape) -> dict:
+    if name == "paper":
+        return paper_recipe(shape)
+    if name == "auto":
+        return auto_recipe(shape)
+    raise ValueError(f"recipe must be one of {RECIPES}, not {name!r}")
+
+
+def _pow2_clamp(x: float, lo: int, hi: int) -> int:
+    return int(min(hi, max(lo, 2 ** round(math.log2(max(1.0, x))))))
