@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--noexp-index", type=Path, help="its index (default: DEMO_DIR/index-noexp)")
     ap.add_argument("--data", default="coco500")
     ap.add_argument("--depths", type=int, nargs="+", default=[10, 20, 50, 100, 200, 500])
-    ap.add_argument("--num-results", type=int, default=100, help="k of the expanded run (d2s evaluate's default)")
+    ap.add_argument(
+        "--num-results", type=int, default=100, help="k of the expanded run (d2s evaluate's default)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     paths = {
