@@ -3,7 +3,7 @@
 Runs on the directory ``d2s demo`` writes (``head``/``index``: the expanded c+w head and its index;
 ``head-noexp``/``index-noexp``: the exp=0 head whose index gives the candidates, the paper's Table 6
 pairing) or on any four such paths, over the captions of a data set (``--data``, default the embedded
-``coco500``). For each depth c: the exp=0 head's own-term query retrieves c candidates, the expanded head
+``coco500``; the test captions of the head's split.json or of the data's own split). For each depth c: the exp=0 head's own-term query retrieves c candidates, the expanded head
 re-scores them exactly (``model.rescorer(index)``); reported are R@1, R@5, RR@10, ``overlap10_expanded`` (the
 share of the expanded run's top 10 that the re-scored top 10 holds: it can only grow with c) and ms/query
 (best of ``--repeats`` batch calls over all captions, query encoding included), next to the expanded run.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pyterrier as pt
 from ir_measures import RR, R
 
-from pyterrier_d2s.data import load_pairs
+from pyterrier_d2s.data import load_pairs, split_for_head
 from pyterrier_d2s.experiment import overlap_at_k, timed_run
 from pyterrier_d2s.index import D2SIndex
 from pyterrier_d2s.model import D2S
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sys.exit(f"rescore_depth: not found: {', '.join(missing)} (run `d2s demo` first or give the paths)")
     model, noexp_model = D2S.from_pretrained(paths["model"]), D2S.from_pretrained(paths["noexp_model"])
     index, noexp_index = D2SIndex(paths["index"]), D2SIndex(paths["noexp_index"])
-    data = load_pairs(args.data).evaluation_split()
+    # the head's held-out images (its split.json), which its index holds
+    data = split_for_head(load_pairs(args.data), paths["model"]).evaluation_split()
     topics, qrels = data.topics(), data.qrels()
 
     expanded = model.query_encoder(expansion=True) >> index.retriever(num_results=args.num_results)

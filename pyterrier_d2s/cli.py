@@ -12,8 +12,12 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .data import PairedVectors
 
 __all__ = ["main"]
 
@@ -61,15 +65,95 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the 80/10/10 train/val/test split by image of data without split labels (default 0)",
+    )
+    p.add_argument(
+        "--no-split",
+        action="store_true",
+        help="train, validate and report on every image (the report then says held_out: false)",
+    )
+    p.add_argument(
+        "--fold", type=int, default=None, help="with --num-folds K: test on fold F (0..K-1) of K image folds"
+    )
+    p.add_argument("--num-folds", type=int, default=None, help="number of image folds of --fold")
+
+
+def training_split(data: PairedVectors, args: argparse.Namespace) -> PairedVectors:
+    """The data ``d2s train`` trains on, split as its options say (a seeded split by image by default).
+
+    Its split is written to ``args.out``/split.json before training, so that a killed run's checkpoint is
+    tied to it: a checkpoint there from a run on another split is refused rather than resumed.
+    """
+    from .data import save_split
+
+    data = _split_for_training(data, args)
+    _refuse_checkpoint_of_another_split(data, args.out)
+    save_split(data, args.out)
+    return data
+
+
+def _refuse_checkpoint_of_another_split(data: PairedVectors, out: str) -> None:
+    from pathlib import Path
+
+    from .data import SPLIT_FILE, describe_split, load_split
+    from .training.trainer import CHECKPOINT_NAME
+
+    old = load_split(out)
+    if old is None or not (Path(out) / CHECKPOINT_NAME).is_file():
+        return
+    new = describe_split(data)
+    if any(old.get(k) != new.get(k) for k in ("held_out", "test", "val")):
+        raise ValueError(
+            f"{Path(out) / CHECKPOINT_NAME} is from a run on another split ({Path(out) / SPLIT_FILE} differs); "
+            "use another --out or delete it"
+        )
+
+
+def _split_for_training(data: PairedVectors, args: argparse.Namespace) -> PairedVectors:
+    from .data import ensure_split, has_train_split, without_split
+
+    seed = getattr(args, "split_seed", None)
+    fold, num_folds = getattr(args, "fold", None), getattr(args, "num_folds", None)
+    if (fold is None) != (num_folds is None):
+        raise ValueError("give both --fold and --num-folds, or neither")
+    chosen = [o for o, v in (("--split-seed", seed), ("--fold", fold)) if v is not None]
+    if getattr(args, "no_split", False):
+        if chosen:
+            raise ValueError(f"--no-split cannot be combined with {' and '.join(chosen)}")
+        print(
+            f"d2s train: note: --no-split: trained, validated and reported on the same "
+            f"{len(data.image_ids)} images of {data.name} (held_out: false)",
+            file=sys.stderr,
+        )
+        return without_split(data)
+    if has_train_split(data):
+        # the data's own split (Karpathy's, coco500's fixed one) is what its index and evaluation use too
+        if chosen:
+            raise ValueError(
+                f"{' and '.join(chosen)}: {data.name} has its own split labels ({', '.join(data.splits)}); "
+                "these options split data without labels (--no-split trains on everything)"
+            )
+        if "test" not in data.splits:
+            print(
+                f"d2s train: note: {data.name} has split labels but no test split: the numbers are on every "
+                "image (held_out: false)",
+                file=sys.stderr,
+            )
+        return data
+    return ensure_split(data, seed=0 if seed is None else seed, fold=fold, num_folds=num_folds)
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from .data import load_pairs
+    from .data import load_pairs, split_summary
     from .evaluation import dense_metrics, evaluate_head
     from .training import D2STrainer, TrainConfig
 
     started = time.perf_counter()
-    data = load_pairs(args.data)
+    data = training_split(load_pairs(args.data), args)
     config = TrainConfig(
         exp=args.exp,
         eta=args.eta,
@@ -89,12 +173,15 @@ def cmd_train(args: argparse.Namespace) -> dict:
     result = trainer.fit(data, dense_encoder=data.meta.get("dense_encoder"))
     result.head.save_pretrained(args.out)
     test = data.evaluation_split()
+    split = split_summary(data)
     sparse = evaluate_head(result.head, test)
     dense = dense_metrics(test)
     report = {
         "data": str(args.data),
         "exp": args.exp,
         "eta": args.eta,
+        "held_out": split.pop("held_out"),
+        "split": split,
         "dense_r1": dense["R@1"],
         "sparse_r1": sparse["R@1"],
         "sparse_r5": sparse["R@5"],
@@ -124,24 +211,34 @@ def _add_index(sub) -> None:
     p.add_argument("--data", required=True, help="packaged name, vectors directory or authors' dir")
     p.add_argument("--out", required=True, help="index directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
-    p.add_argument("--all-splits", action="store_true", help="index every image, not only the test split")
+    p.add_argument(
+        "--all-splits",
+        action="store_true",
+        help="index every image, not only the test split (the head's split.json, or the data's own)",
+    )
 
 
 def cmd_index(args: argparse.Namespace) -> dict:
-    from .data import load_pairs
+    from .data import load_pairs, split_for_head
     from .index import D2SIndex
     from .model import D2S
 
     started = time.perf_counter()
     model = D2S.from_pretrained(args.model)
     data = load_pairs(args.data)
-    images = data if args.all_splits else data.evaluation_split()
+    if args.all_splits:
+        images, which = data, "all"
+    else:
+        # the head's test images: those of its split.json (which the data's own labels must agree with)
+        split = split_for_head(data, args.model)
+        images, which = split.evaluation_split(), "test" if "test" in split.splits else "all"
     index = D2SIndex(args.out)
     model.image_indexer(index, overwrite=args.overwrite).index(images.corpus_iter())
     meta = index.meta
     return {
         "index": str(args.out),
         "documents": len(index),
+        "images": which,
         "doc_scale": meta.get("doc_scale"),
         "query_scale": meta.get("query_scale"),
         "doc_mass_lost": meta.get("doc_mass_lost"),
@@ -212,18 +309,18 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
 
     import pandas as pd
 
-    from .data import load_pairs
+    from .data import load_pairs, split_for_head
     from .experiment import compare, dense_flex_index
     from .index import D2SIndex
     from .model import D2S
 
     model = D2S.from_pretrained(args.model)
-    data = load_pairs(args.data).evaluation_split()
+    split = split_for_head(load_pairs(args.data), args.model)
+    data = split.evaluation_split()
     index = D2SIndex(args.index)
     if not index.built():
         raise FileNotFoundError(f"{args.index} is not a built D2S index (run d2s index first)")
-    if len(index) != len(data.image_ids):
-        raise ValueError(f"{args.index} holds {len(index)} images but {data.name} has {len(data.image_ids)}")
+    _check_index_images(index, data, args.index)
     noexp_model = noexp_index = None
     if (args.noexp_model is None) != (args.noexp_index is None):
         raise ValueError("give both --noexp-model and --noexp-index, or neither")
@@ -232,11 +329,19 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
         noexp_index = D2SIndex(args.noexp_index)
         if not noexp_index.built() or len(noexp_index) != len(index):
             raise ValueError(f"{args.noexp_index} is not a built index of the same {len(index)} images")
+        # the first-stage head must not have trained on the test images either
+        split_for_head(split, args.noexp_model)
     elif model.head.config.exp != "0":
         print(
             f"d2s evaluate: note: d2s-noexp and the rescorer's candidates use this exp={model.head.config.exp} "
             "head's weights on the captions' own tokens; the paper's Table 6 takes them from an exp=0 head "
             "(--noexp-model/--noexp-index, as d2s demo does)",
+            file=sys.stderr,
+        )
+    if "test" not in split.splits:
+        print(
+            f"d2s evaluate: note: {data.name} has no test split for this head: the numbers are on every image, "
+            "including those it was trained on",
             file=sys.stderr,
         )
     topics, qrels = data.topics(), data.qrels()
@@ -263,6 +368,19 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
         }
         for r in table.to_dict(orient="records")
     ]
+
+
+def _check_index_images(index, data, where: str) -> None:
+    """That ``index`` holds exactly ``data``'s images (the head's test images); else name the first odd one."""
+    docnos = {str(d) for d in index.forward().docnos}
+    images = set(data.image_ids)
+    if docnos != images:
+        odd = sorted(docnos ^ images)[0]
+        side = f"only in {where}" if odd in docnos else f"not in {where}"
+        raise ValueError(
+            f"{where} holds {len(docnos)} images, not the {len(images)} of {data.name}: image {odd!r} is {side} "
+            "(index the head's test images with d2s index, without --all-splits)"
+        )
 
 
 def _add_search(sub) -> None:
@@ -325,14 +443,21 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--noexp-epochs",
         type=int,
-        default=15,
-        help="epochs of the exp=0 head whose index is the rescorer's first stage (0: no such head; the "
-        "first stage then uses the main head's own-term weights)",
+        default=None,
+        help="epochs of the exp=0 head whose index is the rescorer's first stage (default: from the recipe; "
+        "0: no such head, the first stage then uses the main head's own-term weights)",
     )
 
 
-# How many captions (the first ones of the set) the demo explains, in the spirit of the paper's Table 4.
+# How many captions (the first test captions of the set) the demo explains, in the spirit of the paper's Table 4.
 DEMO_CAPTIONS = 3
+
+
+def test_caption_rows(data, n: int) -> list[int]:
+    """The first ``n`` caption rows of ``data``'s evaluation split (all captions without a test split)."""
+    if "test" not in data.splits:
+        return list(range(min(n, len(data))))
+    return [int(r) for r in np.flatnonzero(data.image_split[data.caption_image] == "test")[:n]]
 
 
 def explain_rows(model, data, rows: Sequence[int], k: int = 10) -> list[dict]:
@@ -348,6 +473,7 @@ def explain_rows(model, data, rows: Sequence[int], k: int = 10) -> list[dict]:
                 "caption_id": data.caption_ids[r],
                 "caption": data.caption_texts[r],
                 "image_id": data.image_ids[data.caption_image[r]],
+                "split": None if data.image_split is None else str(data.image_split[data.caption_image[r]]),
                 "caption_terms": [t for t, _ in model.top_terms(captions[n], k)[0]],
                 "image_terms": [t for t, _ in model.top_terms(images[n], k)[0]],
                 "own_terms": sorted(own_toks),
@@ -369,27 +495,10 @@ def print_explained(items: list[dict]) -> None:
 
 
 def _demo_train(args: argparse.Namespace, exp: str, epochs: int | None, out: str) -> dict:
-    return cmd_train(
-        argparse.Namespace(
-            data="coco500",
-            exp=exp,
-            eta=args.eta,
-            lam=0.5,
-            tau=1e-3,
-            recipe="auto",
-            epochs=epochs,
-            batch_size=None,
-            lr_proj=None,
-            lr_vocab=None,
-            output_vocab=None,
-            caption_draw="batch",
-            own_terms="keep",
-            seed=args.seed,
-            device=None,
-            out=out,
-            quiet=False,
-        )
-    )
+    # parsed like the command line, so every option of `d2s train` gets its default
+    argv = ["train", "--data", "coco500", "--exp", exp, "--eta", repr(args.eta), "--seed", str(args.seed)]
+    argv += ["--out", out] + ([] if epochs is None else ["--epochs", str(epochs)])
+    return cmd_train(build_parser().parse_args(argv))
 
 
 def _demo_index(model: str, out: str) -> dict:
@@ -401,17 +510,20 @@ def _demo_index(model: str, out: str) -> dict:
 def cmd_demo(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from .data import load_pairs
+    from .data import load_pairs, split_for_head
     from .model import D2S
 
-    if args.noexp_epochs < 0:
+    if args.noexp_epochs is not None and args.noexp_epochs < 0:
         raise ValueError(f"--noexp-epochs must be >= 0, not {args.noexp_epochs}")
     started = time.perf_counter()
     out = Path(args.out)
-    paired = args.noexp_epochs > 0
+    paired = args.noexp_epochs != 0
     stages = 5 if paired else 4
     stage = iter(range(1, stages + 1))
-    print(f"== {next(stage)}/{stages} training a D2S head on coco500 (500 CLIP ViT-B/16 pairs)", flush=True)
+    print(
+        f"== {next(stage)}/{stages} training a D2S head on the 400 training images of coco500 (CLIP ViT-B/16)",
+        flush=True,
+    )
     train = _demo_train(args, args.exp, args.epochs, str(out / "head"))
     print(json.dumps(train), flush=True)
     report: dict = {"train": train}
@@ -424,7 +536,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         )
         report["train_noexp"] = _demo_train(args, "0", args.noexp_epochs, str(out / "head-noexp"))
         print(json.dumps(report["train_noexp"]), flush=True)
-    print(f"== {next(stage)}/{stages} indexing the 500 images (PISA + forward store)", flush=True)
+    print(f"== {next(stage)}/{stages} indexing the 50 test images (PISA + forward store)", flush=True)
     report["index"] = _demo_index(str(out / "head"), str(out / "index"))
     print(json.dumps(report["index"]), flush=True)
     evaluate = ["evaluate", "--model", str(out / "head"), "--index", str(out / "index"), "--data", "coco500"]
@@ -442,8 +554,8 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         "cf. the paper's Table 4"
     )
     model = D2S.from_pretrained(out / "head")
-    data = load_pairs("coco500")
-    report["terms"] = explain_rows(model, data, list(range(DEMO_CAPTIONS)))
+    data = split_for_head(load_pairs("coco500"), out / "head")
+    report["terms"] = explain_rows(model, data, test_caption_rows(data, DEMO_CAPTIONS))
     print_explained(report["terms"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
@@ -545,14 +657,14 @@ def cmd_plot(args: argparse.Namespace) -> dict:
             "points": [(r["flops"], r["sparse_r1"]) for r in reports],
         }
 
-    from .data import load_pairs
+    from .data import load_pairs, split_for_head
     from .evaluation import dense_top_k, run_frame
     from .experiment import overlap_at_k
     from .index import D2SIndex
     from .model import D2S
 
     model = D2S.from_pretrained(args.model)
-    data = load_pairs(args.data).evaluation_split()
+    data = split_for_head(load_pairs(args.data), args.model).evaluation_split()
     topics = data.topics()
     sparse = (model.query_encoder() >> D2SIndex(args.index).retriever(num_results=args.k))(topics)
     idx, val = dense_top_k(data.caption_vectors, data.image_vectors, k=args.k)
@@ -566,17 +678,23 @@ def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="top terms of a caption or an image (* = in the caption)")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--id", required=True, help="a caption id or an image id of --data")
+    p.add_argument(
+        "--id",
+        default=None,
+        help="a caption id or an image id of --data (default: the first 3 captions of the head's test images)",
+    )
     p.add_argument("-k", type=int, default=20)
 
 
 def cmd_explain(args: argparse.Namespace) -> dict:
-    from .data import load_pairs
+    from .data import load_pairs, split_for_head
     from .model import D2S
 
     model = D2S.from_pretrained(args.model)
-    data = load_pairs(args.data)
-    if args.id in data.caption_ids:
+    data = split_for_head(load_pairs(args.data), args.model)
+    if args.id is None:
+        rows = test_caption_rows(data, DEMO_CAPTIONS)
+    elif args.id in data.caption_ids:
         rows = [data.caption_ids.index(args.id)]
     elif args.id in data.image_ids:
         image_row = data.image_ids.index(args.id)
@@ -584,6 +702,12 @@ def cmd_explain(args: argparse.Namespace) -> dict:
     else:
         raise KeyError(f"{args.id!r} is neither a caption id nor an image id of {args.data}")
     items = explain_rows(model, data, rows, k=args.k)
+    if "test" in data.splits and any(item["split"] != "test" for item in items):
+        print(
+            f"d2s explain: note: {args.id!r} is not a test image of this head ({items[0]['split']}): "
+            "its terms were seen in training",
+            file=sys.stderr,
+        )
     print_explained(items)
     return {"items": items}
 

@@ -12,6 +12,7 @@ import torch
 from pyterrier_d2s.cli import SYSTEM_NAMES, main
 from pyterrier_d2s.data import load_pairs
 from pyterrier_d2s.head import D2SHead, D2SHeadConfig
+from pyterrier_d2s.index import D2SIndex
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def index_dir(tmp_path_factory, head_dir):
 
 def test_index_report(index_dir, head_dir, capsys):
     meta = json.loads((index_dir / "pt_meta.json").read_text())
-    assert meta["type"] == "sparse_index" and meta["num_docs"] == 500
+    # coco500's test split (the head has no split.json: the data's own labels)
+    assert meta["type"] == "sparse_index" and meta["num_docs"] == 50
     assert meta["doc_mass_lost"] < 0.005
     # a second index run into the same directory is refused without --overwrite
     assert main(["index", "--model", str(head_dir), "--data", "coco500", "--out", str(index_dir)]) == 2
@@ -61,7 +63,8 @@ def test_evaluate_prints_table_and_json(index_dir, head_dir, capsys):
     for r in rows:
         assert {"R@1", "R@5", "RR@10", "flops", "ms_per_query"} <= set(r)
     dense = rows[0]
-    assert dense["R@1"] == pytest.approx(0.506, abs=1e-3) and dense["flops"] is None
+    # CLIP ViT-B/16 over coco500's 50 test images (data README)
+    assert dense["R@1"] == pytest.approx(0.86, abs=1e-3) and dense["flops"] is None
     assert rows[1]["flops"] > rows[2]["flops"] > 0  # expanded queries co-activate more than own terms
     assert "d2s-noexp>>rescore" in out and "overlap@10" in out
 
@@ -128,7 +131,7 @@ def test_plots_write_pngs(index_dir, head_dir, tmp_path, capsys):
         "--out",
         tmp_path / "b.png",
     )
-    assert 0.0 <= rep["mean_overlap@10"] <= 1.0 and rep["queries"] == 500
+    assert 0.0 <= rep["mean_overlap@10"] <= 1.0 and rep["queries"] == 50  # the test captions
     for name in ("a.png", "b.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(rep["mean_overlap@10"])
@@ -174,14 +177,24 @@ def test_evaluate_with_an_exp0_first_stage(index_dir, head_dir, noexp_dirs, caps
 def test_demo_runs_every_stage(tmp_path, capsys):
     # one epoch: the stages' wiring (train → index → evaluate → terms), not the demo's numbers
     _, report = run(capsys, "demo", "--epochs", "1", "--noexp-epochs", "1", "--out", tmp_path / "demo")
-    assert report["train"]["epochs"] == 1 and report["index"]["documents"] == 500
+    # held out end to end: trained on the 400 training images, indexed and evaluated on the 50 test images
+    assert report["train"]["held_out"] is True and report["train"]["split"]["n_test"] == 50
+    assert report["train"]["epochs"] == 1 and report["index"]["documents"] == 50
+    test_ids = set(json.loads((tmp_path / "demo" / "head" / "split.json").read_text())["test"])
+    assert set(D2SIndex(tmp_path / "demo" / "index").forward().docnos) == test_ids
     # the rescorer's first stage is an exp=0 head's index (the paper's Table 6 pairing)
     assert report["train_noexp"]["exp"] == "0" and report["train_noexp"]["epochs"] == 1
-    assert report["index_noexp"]["documents"] == 500
+    assert report["index_noexp"]["documents"] == 50
     noexp = {r["name"]: r for r in report["evaluate"]}["d2s-noexp"]
     assert noexp["flops"] == pytest.approx(report["train_noexp"]["flops"], rel=1e-6)
     assert [r["name"] for r in report["evaluate"]] == list(SYSTEM_NAMES)
-    assert len(report["terms"]) == 3
+    # Table 4's view: the first three test captions
+    assert [t["split"] for t in report["terms"]] == ["test"] * 3
+    data = load_pairs("coco500")
+    first_test = [
+        c for c, r in zip(data.caption_ids, data.caption_image, strict=True) if data.image_ids[r] in test_ids
+    ]
+    assert [t["caption_id"] for t in report["terms"]] == first_test[:3]
     # benchmarks/rescore_depth.py reads what the demo wrote; deeper candidate lists can only add agreement
     # with the expanded run (a superset of candidates keeps every expanded top-10 document it had)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "rescore_depth.py"
@@ -198,3 +211,164 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     overlaps = [r["overlap10_expanded"] for r in rows[1:]]
     assert overlaps == sorted(overlaps) and 0 <= overlaps[0] and overlaps[-1] <= 1
     assert all(r["ms_per_query"] > 0 and 0 <= r["R@1"] <= r["R@5"] <= 1 for r in rows)
+
+
+def test_explain_defaults_to_test_captions_and_flags_training_ones(head_dir, capsys):
+    data = load_pairs("coco500")
+    _, err, report = run_with_err(capsys, "explain", "--model", head_dir, "--data", "coco500", "-k", "3")
+    test_rows = [r for r in range(500) if data.image_split[data.caption_image[r]] == "test"][:3]
+    assert [i["caption_id"] for i in report["items"]] == [data.caption_ids[r] for r in test_rows]
+    assert "note:" not in err
+    train_row = next(r for r in range(500) if data.image_split[data.caption_image[r]] == "train")
+    _, err, report = run_with_err(
+        capsys, "explain", "--model", head_dir, "--data", "coco500", "--id", data.caption_ids[train_row]
+    )
+    assert report["items"][0]["split"] == "train" and "is not a test image of this head (train)" in err
+
+
+def test_train_index_evaluate_on_the_same_test_images(tmp_path, capsys):
+    """coco500 round trip: the head's split.json, the index and the evaluation hold the same 50 test images."""
+    head, index = tmp_path / "h", tmp_path / "i"
+    _, err, report = run_with_err(
+        capsys, "train", "--data", "coco500", "--epochs", "1", "--quiet", "--out", head
+    )
+    assert report["held_out"] is True
+    assert report["split"] == {"source": "labels", "n_train": 400, "n_val": 50, "n_test": 50}
+    assert report["dense_r1"] == pytest.approx(0.86)
+    split = json.loads((head / "split.json").read_text())
+    data = load_pairs("coco500")
+    test_ids = [i for i, s in zip(data.image_ids, data.image_split, strict=True) if s == "test"]
+    assert split["held_out"] is True and split["test"] == test_ids
+    _, rep = run(capsys, "index", "--model", head, "--data", "coco500", "--out", index)
+    assert rep["documents"] == 50 and rep["images"] == "test"
+    assert sorted(D2SIndex(index).forward().docnos) == sorted(test_ids)
+    _, rows = run(capsys, "evaluate", "--model", head, "--index", index, "--data", "coco500")
+    by_name = {r["name"]: r for r in rows}
+    # the same test captions as d2s train's report: its dense reference and (up to PISA's ties) its sparse R@1
+    assert by_name["dense"]["R@1"] == pytest.approx(report["dense_r1"])
+    assert by_name["d2s-expanded"]["R@1"] == pytest.approx(report["sparse_r1"], abs=0.04)
+    # an index of every image is not the head's test set
+    assert (
+        main(
+            [
+                "index",
+                "--model",
+                str(head),
+                "--data",
+                "coco500",
+                "--out",
+                str(tmp_path / "all"),
+                "--all-splits",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "--model", str(head), "--index", str(tmp_path / "all"), "--data", "coco500"]) == 2
+    )
+    assert "holds 500 images, not the 50 of coco500[test]" in capsys.readouterr().err
+
+
+def test_train_no_split_reports_held_out_false(tmp_path, capsys):
+    _, err, report = run_with_err(
+        capsys,
+        "train",
+        "--data",
+        "coco500",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--no-split",
+        "--out",
+        tmp_path / "h",
+    )
+    assert report["held_out"] is False and "--no-split" in err and "held_out: false" in err
+    assert report["split"] == {"source": "none", "n_train": 500, "n_val": 500, "n_test": 500}
+    assert report["dense_r1"] == pytest.approx(0.506, abs=1e-3)  # every image
+    assert json.loads((tmp_path / "h" / "split.json").read_text())["held_out"] is False
+    # its index and evaluation are on everything too
+    _, rep = run(capsys, "index", "--model", tmp_path / "h", "--data", "coco500", "--out", tmp_path / "i")
+    assert rep["documents"] == 500 and rep["images"] == "all"
+
+
+def test_train_option_errors(tmp_path, capsys):
+    out = str(tmp_path / "h")
+    for argv, message in [
+        (["--fold", "1"], "give both --fold and --num-folds"),
+        (["--split-seed", "3"], "--split-seed: coco500 has its own split labels (test, train, val)"),
+        (["--no-split", "--split-seed", "3"], "--no-split cannot be combined with --split-seed"),
+    ]:
+        assert main(["train", "--data", "coco500", "--epochs", "1", "--quiet", "--out", out, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("d2s train: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def write_unsplit_dir(path: Path, n: int) -> Path:
+    """The first ``n`` coco500 pairs as a vectors directory without split labels."""
+    data = load_pairs("coco500")
+    path.mkdir()
+    with open(path / "images.jsonl", "w") as f:
+        for i in data.image_ids[:n]:
+            f.write(json.dumps({"image_id": i}) + "\n")
+    with open(path / "captions.jsonl", "w") as f:
+        for c, t, r in zip(data.caption_ids[:n], data.caption_texts[:n], data.caption_image[:n], strict=True):
+            f.write(json.dumps({"caption_id": c, "image_id": data.image_ids[r], "caption": t}) + "\n")
+    np.save(path / "image_vectors.npy", data.image_vectors[:n])
+    np.save(path / "caption_vectors.npy", data.caption_vectors[:n])
+    return path
+
+
+def test_train_on_data_without_labels_reports_held_out_numbers(tmp_path, capsys):
+    data_dir = write_unsplit_dir(tmp_path / "d", 120)
+    head = tmp_path / "h"
+    _, _, report = run_with_err(
+        capsys, "train", "--data", data_dir, "--epochs", "1", "--quiet", "--split-seed", "7", "--out", head
+    )
+    # 120 images: 12 test, 12 validation, 96 training, drawn with seed 7
+    assert report["held_out"] is True
+    assert report["split"] == {
+        "source": "seeded",
+        "seed": 7,
+        "fractions": {"train": 0.8, "val": 0.1, "test": 0.1},
+        "n_train": 96,
+        "n_val": 12,
+        "n_test": 12,
+    }
+    split = json.loads((head / "split.json").read_text())
+    coco = load_pairs("coco500")
+    order = np.random.default_rng(7).permutation(120)
+    assert split["test"] == [coco.image_ids[r] for r in sorted(order[:12])]
+    # dense R@1 by hand over those 12 images and their captions (row i of coco500's captions is image i)
+    rows = np.array([coco.image_ids.index(i) for i in split["test"]])
+    scores = coco.caption_vectors[rows] @ coco.image_vectors[rows].T
+    hand = float(np.mean(scores.argmax(axis=1) == np.arange(len(rows))))
+    assert report["dense_r1"] == pytest.approx(hand)
+    # index → evaluate on the same data apply split.json: exactly those 12 images
+    _, rep = run(capsys, "index", "--model", head, "--data", data_dir, "--out", tmp_path / "i")
+    assert sorted(D2SIndex(tmp_path / "i").forward().docnos) == sorted(split["test"])
+    _, rows_out = run(capsys, "evaluate", "--model", head, "--index", tmp_path / "i", "--data", data_dir)
+    assert rows_out[0]["R@1"] == pytest.approx(hand)
+    # a split of the second fold of 4
+    _, _, folded = run_with_err(
+        capsys,
+        "train",
+        "--data",
+        data_dir,
+        "--epochs",
+        "1",
+        "--quiet",
+        "--fold",
+        "1",
+        "--num-folds",
+        "4",
+        "--out",
+        tmp_path / "f",
+    )
+    assert folded["split"]["fold"] == 1 and folded["split"]["n_test"] == 30
+    # coco500's own labels do not agree with this head's split.json: a one-line error
+    assert main(["index", "--model", str(head), "--data", "coco500", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "coco500: its test split (50 images) is not the one in" in err and len(err.strip().splitlines()) == 1
+    )
