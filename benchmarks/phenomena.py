@@ -21,7 +21,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 from pyterrier_d2s.data import PairedVectors
 from pyterrier_d2s.data.split import assign_split

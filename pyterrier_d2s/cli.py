@@ -45,9 +45,9 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--output-vocab",
         default=None,
-        choices=["all", "captions"],
-        help="tokens the head may output: every WordPiece token, or those of the training captions "
-        "(default: recipe; auto = captions)",
+        choices=["all", "captions", "caption-words"],
+        help="tokens the head may output: every WordPiece token, those of the training captions, or their "
+        "whole words without ## pieces (default: recipe; auto = caption-words)",
     )
     p.add_argument(
         "--caption-draw",

@@ -22,7 +22,7 @@ def test_auto_recipe_rule(captions, batch, epochs):
     steps = epochs * math.ceil(captions / batch)
     expected_lr = min(1e-3, max(5e-5, 5e-5 * math.sqrt(200 * 1107 / steps)))
     assert r["lr_vocab"] == pytest.approx(expected_lr, rel=1e-2)
-    assert r["lr_proj"] == 1e-3 and r["output_vocab"] == "captions" and r["select_from"] == 0.5
+    assert r["lr_proj"] == 1e-3 and r["output_vocab"] == "caption-words" and r["select_from"] == 0.5
 
 
 def test_lr_vocab_reaches_the_papers_value_at_the_papers_length():

@@ -158,6 +158,21 @@ def test_output_vocab_captions_restricts_the_head_to_training_caption_tokens(tmp
     torch.testing.assert_close(loaded(z), res.head(z))
 
 
+def test_output_vocab_caption_words_drops_word_pieces(vocab):
+    data = synthetic_pairs()
+    data.caption_texts[0] = "a xylophonist dog"  # WordPiece splits the rare word into pieces
+    trainer = D2STrainer(small_config(output_vocab="caption-words"), vocab=vocab, progress=False)
+    own = ids_to_csr(vocab.token_ids(data.caption_texts), len(vocab))
+    cols = trainer.output_columns(trainer.resolve(data), own)
+    tokens = set(vocab.decode(cols))
+    expected = {
+        t for ids in vocab.token_ids(data.caption_texts) for t in vocab.decode(ids) if not t.startswith("##")
+    }
+    assert tokens == expected and any(
+        t.startswith("##") for ids in vocab.token_ids(["xylophonist"]) for t in vocab.decode(ids)
+    )
+
+
 def test_training_head_equals_the_full_head_on_its_columns(vocab):
     """The compact head used for training computes exactly the full head's weights on its columns."""
     from pyterrier_d2s.training.trainer import _TrainingHead

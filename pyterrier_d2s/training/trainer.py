@@ -43,7 +43,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # options a recipe sets when the config leaves them at None
 RECIPE_KEYS = ("epochs", "batch_size", "lr_proj", "lr_vocab", "warmup_ratio", "output_vocab", "select_from")
-OUTPUT_VOCABS = ("all", "captions")
+OUTPUT_VOCABS = ("all", "captions", "caption-words")
 
 
 @dataclass
@@ -54,9 +54,9 @@ class TrainConfig:
     ``lam`` is λ and ``eta`` is η of Eq. 7; λ = 0.5 makes Eq. 7 the published script's
     ``(ℓ(I→C) + ℓ(C→I))/2 + η·(L1(s_I) + L1(s_C))/2``.
 
-    ``output_vocab``: ``"all"`` (the paper: every non-special WordPiece token) or ``"captions"`` (only tokens
+    ``output_vocab``: ``"all"`` (the paper: every non-special WordPiece token), ``"captions"`` (only tokens
     of the training captions: the head cannot drift onto words no caption uses, and a step projects onto a
-    few thousand rows instead of 30,522). ``select_from``: the best epoch (by validation MRR) is chosen among
+    few thousand rows instead of 30,522) or ``"caption-words"`` (those without ``##`` word pieces). ``select_from``: the best epoch (by validation MRR) is chosen among
     the epochs from this share of the run on, so that an early, not yet sparse head is never picked.
     ``caption_draw`` / ``own_terms``: see :class:`ExpansionControl`.
     """
@@ -263,8 +263,10 @@ class D2STrainer:
         """Vocabulary ids the head may output: non-special tokens, of the training captions with
         ``output_vocab="captions"``."""
         allowed = ~self.vocab.special_mask
-        if cfg.output_vocab == "captions":
+        if cfg.output_vocab in ("captions", "caption-words"):
             allowed &= np.asarray((own_train > 0).sum(axis=0)).ravel() > 0
+        if cfg.output_vocab == "caption-words":
+            allowed &= ~np.char.startswith(np.asarray(self.vocab.tokens), "##")
         return np.flatnonzero(allowed).astype(np.int64)
 
     @staticmethod
