@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_unsplit_vectors_dir
 
 from pyterrier_d2s.cli import SYSTEM_NAMES, main
 from pyterrier_d2s.data import load_pairs
@@ -304,23 +305,8 @@ def test_train_option_errors(tmp_path, capsys):
         assert err.startswith("d2s train: error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
-def write_unsplit_dir(path: Path, n: int) -> Path:
-    """The first ``n`` coco500 pairs as a vectors directory without split labels."""
-    data = load_pairs("coco500")
-    path.mkdir()
-    with open(path / "images.jsonl", "w") as f:
-        for i in data.image_ids[:n]:
-            f.write(json.dumps({"image_id": i}) + "\n")
-    with open(path / "captions.jsonl", "w") as f:
-        for c, t, r in zip(data.caption_ids[:n], data.caption_texts[:n], data.caption_image[:n], strict=True):
-            f.write(json.dumps({"caption_id": c, "image_id": data.image_ids[r], "caption": t}) + "\n")
-    np.save(path / "image_vectors.npy", data.image_vectors[:n])
-    np.save(path / "caption_vectors.npy", data.caption_vectors[:n])
-    return path
-
-
 def test_train_on_data_without_labels_reports_held_out_numbers(tmp_path, capsys):
-    data_dir = write_unsplit_dir(tmp_path / "d", 120)
+    data_dir = write_unsplit_vectors_dir(tmp_path / "d", 120)
     head = tmp_path / "h"
     _, _, report = run_with_err(
         capsys, "train", "--data", data_dir, "--epochs", "1", "--quiet", "--split-seed", "7", "--out", head

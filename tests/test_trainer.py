@@ -4,13 +4,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_unsplit_vectors_dir
 
-from pyterrier_d2s.data import DataError, PairedVectors, load_pairs
+from pyterrier_d2s.data import DataError, PairedVectors
 from pyterrier_d2s.training import D2STrainer, TrainConfig
 from pyterrier_d2s.training.trainer import CHECKPOINT_NAME, _TokenRows
 from pyterrier_d2s.vocab import ids_to_csr
@@ -211,20 +211,6 @@ def test_default_recipe_follows_the_data_not_its_name(vocab):
     assert (paper.epochs, paper.batch_size, paper.lr_vocab, paper.output_vocab) == (200, 512, 5e-5, "all")
 
 
-def write_small_vectors_dir(path: Path, n: int) -> Path:
-    data = load_pairs("coco500")
-    path.mkdir()
-    with open(path / "images.jsonl", "w") as f:
-        for i in data.image_ids[:n]:
-            f.write(json.dumps({"image_id": i}) + "\n")
-    with open(path / "captions.jsonl", "w") as f:
-        for c, t, r in zip(data.caption_ids[:n], data.caption_texts[:n], data.caption_image[:n], strict=True):
-            f.write(json.dumps({"caption_id": c, "image_id": data.image_ids[r], "caption": t}) + "\n")
-    np.save(path / "image_vectors.npy", data.image_vectors[:n])
-    np.save(path / "caption_vectors.npy", data.caption_vectors[:n])
-    return path
-
-
 def d2s(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "pyterrier_d2s.cli", *args], **kw)
 
@@ -233,7 +219,7 @@ def test_cli_killed_run_resumes_to_the_same_head(tmp_path):
     """A real SIGKILL mid-training, then the same command again: same weights as one uninterrupted run."""
     from safetensors.torch import load_file
 
-    data_dir = write_small_vectors_dir(tmp_path / "data", 96)
+    data_dir = write_unsplit_vectors_dir(tmp_path / "data", 96)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["train", "--data", str(data_dir), "--epochs", "8", "--batch-size", "32", "--quiet"]
     ref = d2s(*args, "--out", str(tmp_path / "ref"), env=env, stdout=subprocess.PIPE)
