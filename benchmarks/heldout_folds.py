@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--seed", type=int, default=0, help="seed of the folds")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe (tests only)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig field for every run, e.g. --set init=random --set eta=5e-3 (ablations)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
@@ -93,6 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     data = load_pairs(args.data)
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"--set {item}: TrainConfig has no field {key!r}")
+        overrides[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
     runs = []
     for mode in args.modes:
         for fold in args.only_folds if args.only_folds is not None else range(args.folds):
@@ -110,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data": str(args.data),
         "folds": args.folds,
         "torch_threads": torch.get_num_threads(),
+        "overrides": overrides,
         "summary": summary,
         "targets": targets(summary) if summary else {},
         "runs": runs,

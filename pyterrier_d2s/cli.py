@@ -61,6 +61,12 @@ def _add_train(sub) -> None:
         choices=["keep", "word-draw"],
         help="own tokens always kept, or multiplied by the word-level draw E_k (EXPAND read literally)",
     )
+    p.add_argument(
+        "--init",
+        default="embeddings",
+        choices=["embeddings", "random"],
+        help="W2 starts from the vocabulary's word embeddings (the paper) or at random",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
@@ -168,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         output_vocab=args.output_vocab,
         caption_draw=args.caption_draw,
         own_terms=args.own_terms,
+        init=args.init,
     )
     trainer = D2STrainer(config, checkpoint_dir=args.out, device=args.device, progress=not args.quiet)
     result = trainer.fit(data, dense_encoder=data.meta.get("dense_encoder"))
@@ -195,6 +202,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         **result.config.recipe_values(),
         "caption_draw": args.caption_draw,
         "own_terms": args.own_terms,
+        "init": args.init,
         "output_tokens": result.head.output_vocab_size,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),
