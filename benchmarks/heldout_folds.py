@@ -56,7 +56,10 @@ def summarise(runs: list[dict]) -> dict:
     for mode in sorted({r["exp"] for r in runs}, key=MODES.index):
         rows = [r for r in runs if r["exp"] == mode]
         out[mode] = {
-            k: {"mean": float(np.mean([r[k] for r in rows])), "sd": float(np.std([r[k] for r in rows], ddof=1))}
+            k: {
+                "mean": float(np.mean([r[k] for r in rows])),
+                "sd": float(np.std([r[k] for r in rows], ddof=1)),
+            }
             for k in KEYS
         }
     return out
