@@ -67,6 +67,12 @@ def _add_train(sub) -> None:
         choices=["embeddings", "random"],
         help="W2 starts from the vocabulary's word embeddings (the paper) or at random",
     )
+    p.add_argument(
+        "--proj-init",
+        default="default",
+        choices=["default", "pca"],
+        help="W1 starts at random (torch's default) or as the principal directions of the training vectors",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
@@ -175,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         caption_draw=args.caption_draw,
         own_terms=args.own_terms,
         init=args.init,
+        proj_init=args.proj_init,
     )
     trainer = D2STrainer(config, checkpoint_dir=args.out, device=args.device, progress=not args.quiet)
     result = trainer.fit(data, dense_encoder=data.meta.get("dense_encoder"))
@@ -203,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         "caption_draw": args.caption_draw,
         "own_terms": args.own_terms,
         "init": args.init,
+        "proj_init": args.proj_init,
         "output_tokens": result.head.output_vocab_size,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),

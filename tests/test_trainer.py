@@ -352,3 +352,33 @@ def test_cuda_graph_training_equals_eager_training(vocab):
         eager.head.state_dict().items(), graphed.head.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_pca_init_projects_onto_the_principal_directions():
+    from pyterrier_d2s.training.trainer import pca_init_
+
+    rng = np.random.default_rng(0)
+    # 3 directions of decreasing spread in 6-d, plus an offset
+    basis = np.linalg.qr(rng.normal(size=(6, 6)))[0][:, :3].T
+    z = (rng.normal(size=(200, 3)) * [5.0, 2.0, 0.5]) @ basis + 3.0
+    proj = torch.nn.Linear(6, 4)
+    pca_init_(proj, z)
+    w = proj.weight.detach().double().numpy()
+    # rows 0-2 span the data's directions in order of variance (up to sign), row 3 (past the rank) is zero
+    for i in range(3):
+        assert abs(abs(w[i] @ basis[i]) - 1) < 0.05
+    np.testing.assert_allclose(w[3], 0, atol=1e-6)
+    # the projection centres the data: mean output 0, and per-coordinate variance in decreasing order
+    out = proj(torch.from_numpy(z).float()).detach().numpy()
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-3)
+    var = out.var(0)
+    assert var[0] > var[1] > var[2] > var[3] - 1e-9
+
+
+def test_proj_init_pca_is_recorded_and_validated(vocab):
+    res = D2STrainer(small_config(epochs=1, proj_init="pca"), vocab=vocab, progress=False).fit(
+        synthetic_pairs()
+    )
+    assert res.head.config.extra["proj_init"] == "pca"
+    with pytest.raises(ValueError, match="proj_init"):
+        TrainConfig(proj_init="svd")

@@ -44,6 +44,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # options a recipe sets when the config leaves them at None
 RECIPE_KEYS = ("epochs", "batch_size", "lr_proj", "lr_vocab", "warmup_ratio", "output_vocab", "select_from")
 OUTPUT_VOCABS = ("all", "captions", "caption-words")
+PROJ_INITS = ("default", "pca")
 
 
 @dataclass
@@ -79,6 +80,9 @@ class TrainConfig:
     own_terms: str = "keep"
     hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
     init: str = "embeddings"
+    proj_init: str = (
+        "default"  # W1: "default" (torch's) or "pca" (principal directions of the training vectors)
+    )
     seed: int = 42
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     cuda_graph: bool = True  # replay the training step as a CUDA graph (CUDA only; same maths, ~3x faster)
@@ -111,6 +115,8 @@ class TrainConfig:
         if self.select_from is not None and not 0.0 <= self.select_from < 1.0:
             raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
+        if self.proj_init not in PROJ_INITS:
+            raise ValueError(f"proj_init must be one of {PROJ_INITS}, not {self.proj_init!r}")
 
     def resolved(self, shape: TrainingSetShape) -> TrainConfig:
         """A copy with every ``None`` recipe field set from ``recipe`` for a training set of ``shape``."""
@@ -301,6 +307,8 @@ class D2STrainer:
             val_own = _TokenRows(val_ids.tocsr(), dev)
 
         full_head = self.new_head(train.dim, dense_encoder, cfg)
+        if cfg.proj_init == "pca":
+            pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
         head = _TrainingHead(full_head, columns).to(dev)
         loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
         graphed = cfg.cuda_graph and GraphedStep.supported(dev)
@@ -464,6 +472,8 @@ class D2STrainer:
             **cfg.recipe_values(),
             "caption_draw": cfg.caption_draw,
             "own_terms": cfg.own_terms,
+            "init": cfg.init,
+            "proj_init": cfg.proj_init,
             "seed": cfg.seed,
             "best_epoch": best_epoch,
             "val_r1": best_r1,
@@ -550,6 +560,24 @@ class D2STrainer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint or the new one, never half
+
+
+@torch.no_grad()
+def pca_init_(proj: nn.Linear, vectors: np.ndarray) -> None:
+    """Set ``proj`` (W1, d -> ω) to the projection onto the leading principal directions of ``vectors``.
+
+    ``W1 z + b`` is then the centred vector in its top-ω principal coordinates, so the head starts from the
+    dense geometry instead of a random projection of it; rows past the rank of ``vectors`` stay zero.
+    """
+    z = np.asarray(vectors, dtype=np.float64)
+    mean = z.mean(axis=0)
+    _, sv, vt = np.linalg.svd(z - mean, full_matrices=False)
+    weight = np.zeros((proj.out_features, proj.in_features))
+    rank = int((sv > 1e-8 * max(float(sv[0]) if len(sv) else 0.0, 1e-30)).sum())
+    m = min(proj.out_features, rank)
+    weight[:m] = vt[:m]
+    proj.weight.copy_(torch.from_numpy(weight).to(proj.weight.dtype))
+    proj.bias.copy_(torch.from_numpy(-(weight @ mean)).to(proj.bias.dtype))
 
 
 def _first_eligible_epoch(cfg: TrainConfig) -> int:
