@@ -22,13 +22,29 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a D2S head on dense vectors and report its effectiveness")
     p.add_argument("--data", required=True, help="packaged name (coco500), vectors directory or authors' dir")
     p.add_argument("--exp", default="c+w", choices=["0", "1", "c", "c+w"], help="expansion control (Table 2)")
-    p.add_argument("--eta", type=float, default=1e-3, help="η, sparsity regularisation weight (Eq. 7)")
-    p.add_argument("--lam", type=float, default=0.5, help="λ of Eq. 7")
-    p.add_argument("--tau", type=float, default=1e-3, help="teacher temperature τ")
+    p.add_argument(
+        "--eta", type=_finite_float, default=1e-3, help="η, sparsity regularisation weight (Eq. 7)"
+    )
+    p.add_argument("--lam", type=_finite_float, default=0.5, help="λ of Eq. 7")
+    p.add_argument("--tau", type=_finite_float, default=1e-3, help="teacher temperature τ")
     p.add_argument(
         "--recipe",
         default="auto",
@@ -36,11 +52,16 @@ def _add_train(sub) -> None:
         help="defaults of the options below: computed from the training set's size (auto) or the paper's "
         "MSCOCO setting (paper: 200 epochs, batch 512, all 30,522 output tokens)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="default: from the recipe")
-    p.add_argument("--batch-size", type=int, default=None, help="default: from the recipe")
-    p.add_argument("--lr-proj", type=float, default=None, help="learning rate of W1 (default: recipe)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default: from the recipe")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default: from the recipe")
     p.add_argument(
-        "--lr-vocab", type=float, default=None, help="learning rate of LayerNorm + W2 (default: recipe)"
+        "--lr-proj", type=_finite_float, default=None, help="learning rate of W1 (default: recipe)"
+    )
+    p.add_argument(
+        "--lr-vocab",
+        type=_finite_float,
+        default=None,
+        help="learning rate of LayerNorm + W2 (default: recipe)",
     )
     p.add_argument(
         "--output-vocab",
@@ -77,6 +98,11 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: a checkpoint in --out is kept aside as checkpoint.pt.old instead of resumed",
+    )
     p.add_argument(
         "--split-seed",
         type=int,
@@ -183,6 +209,14 @@ def cmd_train(args: argparse.Namespace) -> dict:
         init=args.init,
         proj_init=args.proj_init,
     )
+    if getattr(args, "restart", False):
+        from pathlib import Path
+
+        from .training.trainer import CHECKPOINT_NAME
+
+        ckpt = Path(args.out) / CHECKPOINT_NAME
+        if ckpt.exists():
+            ckpt.replace(ckpt.with_name(CHECKPOINT_NAME + ".old"))
     trainer = D2STrainer(config, checkpoint_dir=args.out, device=args.device, progress=not args.quiet)
     result = trainer.fit(data, dense_encoder=data.meta.get("dense_encoder"))
     result.head.save_pretrained(args.out)
@@ -269,7 +303,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--index", required=True, help="index directory (from d2s index)")
     p.add_argument("--data", required=True, help="the data set the index was built from")
     p.add_argument(
-        "--candidates", type=int, default=100, help="candidates re-scored by the expansion rescorer"
+        "--candidates", type=_positive_int, default=100, help="candidates re-scored by the expansion rescorer"
     )
     p.add_argument("--num-results", type=int, default=100, help="results per query of the other systems")
     p.add_argument(
@@ -406,7 +440,7 @@ def _add_search(sub) -> None:
     p.add_argument("query", nargs="?", help="text query (needs a dense text encoder)")
     p.add_argument("--data", help="with --qid: take the query and its vector from this data set")
     p.add_argument("--qid", help="caption id in --data to use as the query")
-    p.add_argument("-k", "--num-results", type=int, default=10)
+    p.add_argument("-k", "--num-results", type=_positive_int, default=10)
     p.add_argument("--no-expansion", action="store_true", help="search with the caption's own terms only")
     p.add_argument(
         "--encoder",
@@ -763,11 +797,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "encode": cmd_encode,
         }
         report = commands[args.command](args)
-        print(json.dumps(report))
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError) as e:
-        print(f"d2s {args.command}: error: {e}", file=sys.stderr)
+        # strict JSON: a NaN or infinite measure is printed as null, never as the non-JSON NaN
+        print(json.dumps(_json_safe(report), allow_nan=False))
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, FloatingPointError) as e:
+        if args.verbose:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"d2s {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float replaced by ``None`` (numpy scalars become Python numbers)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

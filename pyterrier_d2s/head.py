@@ -262,13 +262,45 @@ class D2SHead(nn.Module):
         cfg_file = directory / CONFIG_NAME
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{directory} is not a D2S head directory: no {CONFIG_NAME}")
-        config = D2SHeadConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+        try:
+            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"{cfg_file}: expected a JSON object")
+        if raw.get("type", "d2s_head") != "d2s_head" or raw.get("format", "safetensors") != "safetensors":
+            raise ValueError(
+                f"{cfg_file}: type/format {raw.get('type')!r}/{raw.get('format')!r} is not a D2S head "
+                "('d2s_head'/'safetensors')"
+            )
+        try:
+            config = D2SHeadConfig.from_dict(raw)
+        except TypeError as e:  # a required field is missing
+            raise ValueError(f"{cfg_file}: {e}") from e
+        from .training.expansion import EXPANSION_MODES
+
+        if config.exp not in EXPANSION_MODES:
+            raise ValueError(f"{cfg_file}: exp must be one of {EXPANSION_MODES}, not {config.exp!r}")
         vocab = Vocabulary(directory)
         # skip the embedding initialisation: the weights are overwritten right away
         head = cls(D2SHeadConfig(**{**asdict(config), "init": "random"}), vocab=vocab)
         head.config = config
-        state = load_file(str(directory / WEIGHTS_NAME))
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} is not a D2S head directory: no {WEIGHTS_NAME}")
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise ValueError(f"{weights}: unreadable safetensors file ({e})") from e
         state.setdefault("output_mask", torch.ones(config.vocab_size))  # heads saved before it existed
+        expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            bad = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+            raise ValueError(
+                f"{weights} does not match {CONFIG_NAME}: {bad[0]} is {found.get(bad[0])}, the config implies "
+                f"{expected.get(bad[0])}"
+            )
         head.load_state_dict(state)
         return head.to(device)
 

@@ -60,8 +60,8 @@ def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> P
         links.append(row_of[iid])
     has_split = any("split" in r for r in images)
     split = np.array([str(r.get("split", "")) for r in images]) if has_split else None
-    iv = np.load(files["image_vectors.npy"], allow_pickle=False)
-    cv = np.load(files["caption_vectors.npy"], allow_pickle=False)
+    iv = _load_vectors(files["image_vectors.npy"])
+    cv = _load_vectors(files["caption_vectors.npy"])
     if len(image_ids) != len(iv):
         raise DataError(
             f"{d}: images.jsonl has {len(image_ids)} lines but image_vectors.npy has {len(iv)} rows"
@@ -81,6 +81,23 @@ def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> P
         name=name or str(d),
         meta=_meta(d, images),
     ).validate()
+
+
+def _load_vectors(path: Path) -> np.ndarray:
+    """A 2-d numeric array from ``path``, or a DataError naming the file and what is wrong with it."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # object arrays need pickle, which is never run on load
+            raise DataError(f"{path}: vectors must be real numbers, not Python objects") from e
+        raise DataError(f"{path}: unreadable .npy file ({e})") from e  # e.g. truncated
+    except (OSError, EOFError) as e:  # empty or not a .npy file
+        raise DataError(f"{path}: unreadable .npy file ({e or type(e).__name__})") from e
+    if arr.dtype.names is not None or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise DataError(f"{path}: vectors must be real numbers, not dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise DataError(f"{path}: vectors must be a 2-d array (rows x dim, dim >= 1), got shape {arr.shape}")
+    return arr
 
 
 def _meta(d: Path, images: list[dict]) -> dict:

@@ -106,6 +106,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, not {value}")
+        if self.eta < 0 or self.tau <= 0 or not 0.0 <= self.lam <= 1.0:
+            raise ValueError(
+                f"need eta >= 0, tau > 0 and 0 <= lam <= 1, got {self.eta}, {self.tau}, {self.lam}"
+            )
+        for name in ("lr_proj", "lr_vocab", "lr_vocab_bias"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1], not {self.warmup_ratio}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, not {self.epochs}")
         if self.batch_size is not None and self.batch_size < 2:
@@ -537,7 +546,8 @@ class D2STrainer:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated or foreign file: torch raises RuntimeError, EOFError, ...
             raise ValueError(
-                f"{path} is not a readable checkpoint ({type(e).__name__}); delete it to start afresh"
+                f"{path} is not a readable checkpoint ({type(e).__name__}); delete it, or run d2s train "
+                "with --restart, to start afresh"
             ) from e
         if not isinstance(ckpt, dict) or "best_score" not in ckpt:
             raise ValueError(f"{path} is not a checkpoint of this version; delete it to start afresh")
@@ -545,7 +555,8 @@ class D2STrainer:
             ckpt.get("fingerprint") != fingerprint
         ):
             raise ValueError(
-                f"{path} was written by a run with other settings or data; use another --out or delete it"
+                f"{path} was written by a run with other settings or data; use another --out, or --restart "
+                "to start afresh"
             )
         return ckpt
 
