@@ -171,6 +171,10 @@ class D2SHead(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         z_t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not torch.is_tensor(z) else z).float()
+        if z_t.ndim != 2 or (len(z_t) and z_t.shape[1] != self.config.input_dim):
+            raise ValueError(
+                f"dense vectors have shape {tuple(z_t.shape)}, the head expects (n, {self.config.input_dim})"
+            )
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
         if columns is not None:

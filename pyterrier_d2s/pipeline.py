@@ -40,7 +40,18 @@ def csr_to_toks(m: sp.csr_matrix, tokens: list[str]) -> list[dict[str, float]]:
 def _query_vectors(inp: pd.DataFrame) -> np.ndarray | None:
     if "query_vec" not in inp.columns:
         return None
-    vecs = np.stack([np.asarray(v, dtype=np.float32) for v in inp["query_vec"]])
+    rows = []
+    for qid, v in zip(inp["qid"], inp["query_vec"], strict=True):
+        try:
+            vec = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"query {qid!r}: query_vec is not a numeric vector ({type(v).__name__})") from e
+        if vec.ndim != 1 or (rows and vec.shape != rows[0].shape):
+            raise ValueError(
+                f"query {qid!r}: query_vec has shape {vec.shape}, expected ({len(rows[0]) if rows else 'd'},)"
+            )
+        rows.append(vec)
+    vecs = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
     bad = ~np.isfinite(vecs).all(axis=1)
     if bad.any():
         raise ValueError(f"query {inp['qid'].iloc[int(np.argmax(bad))]!r} has a NaN or inf query_vec")
@@ -85,6 +96,10 @@ class D2SQueryEncoder(pt.Transformer):
         pta.validate.query_frame(inp, extra_columns=["query"])
         if len(inp) == 0:
             return inp.assign(query_toks=pd.Series(dtype=object))
+        dup = inp["qid"].duplicated()
+        if dup.any():
+            # two rows under one qid would merge into one ranking downstream
+            raise ValueError(f"duplicate qid {inp['qid'][dup].iat[0]!r} in the query frame")
         return inp.assign(query_toks=self.encode(inp))
 
 

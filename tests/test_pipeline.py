@@ -280,3 +280,43 @@ def test_overlap_and_pearson_hand_computed():
     rho = per_query_pearson(run, ref, qrels, [RR @ 10])
     # RR: run a=1, b=0 ; ref a=1, b=0.5 -> perfectly correlated
     assert rho["RR@10"] == pytest.approx(1.0)
+
+
+def test_bad_query_vectors_are_named_on_every_path(model, index, data):
+    topics = data.topics().head(3)
+    short = topics.copy()
+    short["query_vec"] = [v[:100] for v in short["query_vec"]]
+    for expansion in (True, False):
+        with pytest.raises(ValueError, match=r"shape \(3, 100\), the head expects \(n, 512\)"):
+            model.query_encoder(expansion=expansion)(short)
+    cands = (model.query_encoder(expansion=False) >> index.retriever(num_results=5))(topics)
+    cands_short = cands.copy()
+    cands_short["query_vec"] = [v[:100] for v in cands_short["query_vec"]]
+    with pytest.raises(ValueError, match=r"the head expects \(n, 512\)"):
+        ExpansionRescorer(model, index)(cands_short)
+    missing = topics.copy()
+    missing["query_vec"] = [topics["query_vec"].iat[0], None, topics["query_vec"].iat[2]]
+    with pytest.raises(ValueError, match=f"query {topics['qid'].iat[1]!r}: query_vec"):
+        model.query_encoder()(missing)
+    ragged = topics.copy()
+    ragged["query_vec"] = [
+        topics["query_vec"].iat[0],
+        topics["query_vec"].iat[1][:7],
+        topics["query_vec"].iat[2],
+    ]
+    with pytest.raises(ValueError, match=f"query {topics['qid'].iat[1]!r}: query_vec has shape"):
+        model.query_encoder()(ragged)
+
+
+def test_duplicate_qids_are_refused(model, data):
+    topics = data.topics().head(3)
+    twice = pd.concat([topics, topics.iloc[[1]]], ignore_index=True)
+    with pytest.raises(ValueError, match=f"duplicate qid {topics['qid'].iat[1]!r}"):
+        model.query_encoder()(twice)
+
+
+def test_docno_with_a_nul_byte_is_refused(model, tmp_path, data):
+    docs = list(data.corpus_iter())[:3]
+    docs[1] = {**docs[1], "docno": "ab\x00cd"}
+    with pytest.raises(ValueError, match="NUL byte"):
+        D2SImageIndexer(model, D2SIndex(tmp_path / "x.d2s"), verbose=False).index(docs)

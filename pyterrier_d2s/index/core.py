@@ -74,8 +74,9 @@ def _check_term(term: str) -> None:
 
 
 def _check_docno(docno: str) -> None:
-    if not docno or "\n" in docno or "\r" in docno:
-        raise ValueError(f"docno {docno!r} is empty or contains a line break")
+    if not docno or "\n" in docno or "\r" in docno or "\x00" in docno:
+        # docnos.txt holds one per line, and PISA's C strings end at a NUL byte
+        raise ValueError(f"docno {docno!r} is empty or contains a line break or a NUL byte")
 
 
 class D2SIndex(pta.Artifact, pt.Indexer):
