@@ -257,6 +257,17 @@ def test_engine_files_built_lazily_and_reused(coll, tmp_path):
     assert "engines" not in json.loads((idx.path / "pt_meta.json").read_text())
 
 
+def test_engine_directory_without_engine_json_is_rebuilt(coll, tmp_path, caplog):
+    idx = D2SIndex(tmp_path / "broken.d2s", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS)
+    idx.retriever(num_results=5, engine="taat")(coll.frame().iloc[:1])
+    built = idx.path / "engines" / "taat-v1-dense0.05"
+    (built / "engine.json").unlink()  # e.g. a copy cut short
+    with caplog.at_level("WARNING"):
+        res = D2SIndex(idx.path).retriever(num_results=5, engine="taat")(coll.frame())
+    check_exact(res, coll, coll.query_toks, coll.qids, 5)
+    assert (built / "engine.json").exists() and "rebuilding" in caplog.text
+
+
 def test_killed_engine_build_leaves_nothing_that_loads(coll, tmp_path):
     idx = D2SIndex(tmp_path / "killed.d2s", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS)
     script = textwrap.dedent(

@@ -476,6 +476,25 @@ def test_killed_indexing_leaves_nothing_openable(tmp_path):
     left = _leftovers(tmp_path, "killed")
     assert len(left) == 1 and (left[0] / "forward.npz").exists()  # it really died mid-build
     assert not D2SIndex(left[0]).built() and not D2SIndex(path).built() and not path.exists()
+    # the next build of the same target removes what the killed one left (its builder process is gone)
+    m = sp.csr_matrix(np.ones((2, 2), dtype=np.float32))
+    D2SIndex(path, verbose=False).index_matrix(["a", "b"], m, ["x", "y"])
+    assert D2SIndex(path).built() and _leftovers(tmp_path, "killed") == []
+    assert not (path / ".builder-pid").exists()
+
+
+def test_leftovers_of_a_live_build_are_kept(tmp_path):
+    import os
+
+    from pyterrier_d2s.index.core import _remove_leftovers_of_killed_builds
+
+    target = tmp_path / "t"
+    live, dead = tmp_path / ".t.tmp-live", tmp_path / ".t.tmp-dead"
+    for d, pid in ((live, os.getpid()), (dead, 2**22 + 12345)):  # beyond pid_max: no such process
+        d.mkdir()
+        (d / ".builder-pid").write_text(str(pid))
+    _remove_leftovers_of_killed_builds(target)
+    assert live.exists() and not dead.exists()
 
 
 def test_overwrite_rules(tmp_path):

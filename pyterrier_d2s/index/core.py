@@ -73,6 +73,35 @@ def _check_term(term: str) -> None:
         )
 
 
+_BUILDER_FILE = ".builder-pid"
+
+
+def _remove_leftovers_of_killed_builds(target: Path) -> None:
+    """Remove ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings of ``target`` whose building process is gone."""
+    for leftover in [
+        *target.parent.glob(f".{target.name}.tmp-*"),
+        *target.parent.glob(f".{target.name}.old-*"),
+    ]:
+        try:
+            pid = int((leftover / _BUILDER_FILE).read_text())
+        except (OSError, ValueError):
+            pid = None  # no pid file: a swap's trash, or a build killed before it wrote one
+        if pid is not None and _process_alive(pid):
+            continue  # a concurrent build of the same target
+        logger.info("removing %s, left by a killed build", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _check_docno(docno: str) -> None:
     if not docno or "\n" in docno or "\r" in docno or "\x00" in docno:
         # docnos.txt holds one per line, and PISA's C strings end at a NUL byte
@@ -448,6 +477,7 @@ class D2SIndexer(pt.Indexer):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        (tmp / _BUILDER_FILE).write_text(str(os.getpid()))  # lets a later build tell a killed one's leftovers
         try:
             steps = tqdm(total=4, desc="D2S indexing", unit="step", disable=not self._index.verbose)
             ForwardStore.save(tmp, matrix, terms, docnos)
@@ -476,7 +506,9 @@ class D2SIndexer(pt.Indexer):
             }
             # pt_meta.json is written last: a directory without it never counts as built.
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            (tmp / _BUILDER_FILE).unlink()
             self._swap_into_place(tmp, target)
+            _remove_leftovers_of_killed_builds(target)
             steps.update()
             steps.close()
         except BaseException:

@@ -240,6 +240,10 @@ def cached_build(
     parent, tag = final.parent, final.name
     if (final / _DONE_FILE).exists():
         return final
+    if final.exists():
+        # no engine.json: not a finished build (a copy cut short, a file deleted by hand); rebuild it
+        logger.warning("engine directory %s has no %s; rebuilding it", final, _DONE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
     try:
         parent.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.tmp-", dir=parent))
