@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import quantisation
 from ._store import DOCNOS_FILE, FORWARD_FILE, PISA_DIR, TERMS_FILE, ForwardStore, write_pisa_collection
+from .integrity import MANIFEST_FILE, IndexDamaged, check_csr, check_files, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ def _check_term(term: str) -> None:
 
 
 _BUILDER_FILE = ".builder-pid"
+_HASH_ON_OPEN_BYTES = 256 * 2**20
+
+
+def _manifest_names(directory: Path) -> list[str]:
+    try:
+        return list(json.loads((directory / MANIFEST_FILE).read_text())["files"])
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def _remove_leftovers_of_killed_builds(target: Path) -> None:
@@ -174,7 +183,18 @@ class D2SIndex(pta.Artifact, pt.Indexer):
         """The forward store: ``.matrix`` (CSR float32 docs x terms), ``.terms``, ``.docnos``."""
         if self._forward is None:
             self._require_built()
-            self._forward = ForwardStore.load(self.path)
+            # sizes of all three files, and the hashes of the two whose damage would mislabel results
+            check_files(self.path, [FORWARD_FILE, TERMS_FILE, DOCNOS_FILE], hashed=(TERMS_FILE, DOCNOS_FILE))
+            try:
+                store = ForwardStore.load(self.path)
+            except IndexDamaged:
+                raise
+            except Exception as e:  # a damaged .npz: BadZipFile, ValueError, KeyError, EOFError...
+                raise IndexDamaged(
+                    f"{self.path / FORWARD_FILE}: unreadable ({type(e).__name__}: {e}); rebuild the index"
+                ) from e
+            check_csr(store.matrix, (len(store.docnos), len(store.terms)), str(self.path / FORWARD_FILE))
+            self._forward = store
         return self._forward
 
     def pisa_index(self):
@@ -183,6 +203,14 @@ class D2SIndex(pta.Artifact, pt.Indexer):
             from pyterrier_pisa import PisaIndex
 
             self._require_built()
+            # a truncated PISA file crashes the native code: compare every size with the build's first
+            pisa_files = [n for n in _manifest_names(self.path) if n.startswith(f"{PISA_DIR}/")]
+            size = sum((self.path / n).stat().st_size for n in pisa_files if (self.path / n).is_file())
+            # hashes too while that is cheap (a flipped byte can crash PISA as a cut file does); past
+            # _HASH_ON_OPEN_BYTES only sizes, and `d2s check` verifies every hash
+            check_files(
+                self.path, pisa_files, hashed=tuple(pisa_files) if size <= _HASH_ON_OPEN_BYTES else ()
+            )
             self._pisa = PisaIndex(str(self.path / PISA_DIR), stemmer="none")
         return self._pisa
 
@@ -504,9 +532,10 @@ class D2SIndexer(pt.Indexer):
                 "build_seconds": round(time.perf_counter() - started, 3),
                 **pisa_stats,
             }
+            (tmp / _BUILDER_FILE).unlink()
+            write_manifest(tmp)  # after PISA's warm-up query, which writes files of its own
             # pt_meta.json is written last: a directory without it never counts as built.
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-            (tmp / _BUILDER_FILE).unlink()
             self._swap_into_place(tmp, target)
             _remove_leftovers_of_killed_builds(target)
             steps.update()

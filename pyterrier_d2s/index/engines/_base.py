@@ -13,6 +13,7 @@ directory and renamed into place only when complete, so a killed build never lea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -239,7 +240,11 @@ def cached_build(
     final = cache_dir(index, name, version, settings)
     parent, tag = final.parent, final.name
     if (final / _DONE_FILE).exists():
-        return final
+        problem = _damage(final)
+        if problem is None:
+            return final
+        logger.warning("engine files at %s are damaged (%s); rebuilding them", final, problem)
+        shutil.rmtree(final, ignore_errors=True)
     if final.exists():
         # no engine.json: not a finished build (a copy cut short, a file deleted by hand); rebuild it
         logger.warning("engine directory %s has no %s; rebuilding it", final, _DONE_FILE)
@@ -265,8 +270,17 @@ def cached_build(
         started = time.perf_counter()
         info = build(tmp)
         seconds = round(time.perf_counter() - started, 3)
+        hashes = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / _DONE_FILE).write_text(
-            json.dumps({"engine": name, "version": version, "build_seconds": seconds, **(info or {})})
+            json.dumps(
+                {
+                    "engine": name,
+                    "version": version,
+                    "build_seconds": seconds,
+                    **(info or {}),
+                    "files": hashes,
+                }
+            )
         )
         try:
             os.rename(tmp, final)
@@ -280,6 +294,30 @@ def cached_build(
     for stale in final.parent.glob(f".{tag}.tmp-*"):  # left by killed builds
         _remove_if_stale(stale)
     return final
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with a finished engine directory (a file missing or changed since its build), or None."""
+    try:
+        recorded = json.loads((path / _DONE_FILE).read_text()).get("files")
+    except (OSError, ValueError, AttributeError) as e:
+        return f"unreadable {_DONE_FILE}: {e}"
+    if recorded is None:
+        return None  # built by a version that recorded no hashes: the engines check their arrays
+    for name, digest in recorded.items():
+        if not (path / name).is_file():
+            return f"{name} missing"
+        if _sha256(path / name) != digest:
+            return f"{name} changed since the build"
+    return None
 
 
 def _remove_if_stale(path: Path, age_s: float = 3600.0) -> None:

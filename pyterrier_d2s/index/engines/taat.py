@@ -26,6 +26,7 @@ rest are the rare terms' short posting lists, added block by block. Batches can 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -149,6 +150,9 @@ def build_layout(matrix: sp.csr_matrix, dense_min_df: float) -> dict[str, np.nda
     }
 
 
+_LAYOUT_ARRAYS = ("dense_terms", "dense_step", "dense", "post_indptr", "post_docs", "post_w")
+
+
 class TaatEngine(Engine):
     """Exact, compiled term-at-a-time engine (needs numba). See the module docstring for the algorithm.
 
@@ -205,18 +209,47 @@ class TaatEngine(Engine):
             lay = self._layouts.get(dense_min_df)
             if lay is None:
                 path = self.path(dense_min_df)
-                lay = {
-                    n: np.load(path / f"{n}.npy")
-                    for n in ("dense_terms", "dense_step", "dense", "post_indptr", "post_docs", "post_w")
-                }
+                lay, problem = self._load_checked(path)
+                if problem is not None:  # arrays the kernels would index out of bounds: rebuild, never crash
+                    logger.warning("taat engine files at %s are damaged (%s); rebuilding them", path, problem)
+                    shutil.rmtree(path, ignore_errors=True)
+                    path = self.path(dense_min_df)
+                    lay, problem = self._load_checked(path)
+                    if problem is not None:  # pragma: no cover - a fresh build is consistent
+                        raise ValueError(f"taat engine files at {path}: {problem}")
                 n_terms = len(self.index.forward().terms)
                 slot = np.full(n_terms, -1, dtype=np.int64)
                 slot[lay["dense_terms"]] = np.arange(len(lay["dense_terms"]))
                 lay["slot"] = slot
-                if lay["dense"].shape[1] != len(self.index.forward().docnos):
-                    raise ValueError(f"engine files at {path} do not match the index; delete that directory")
                 self._layouts[dense_min_df] = lay
         return lay
+
+    def _load_checked(self, path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+        """The layout's arrays and what breaks the invariants the kernels index with (None if nothing)."""
+        n_docs, n_terms = len(self.index.forward().docnos), len(self.index.forward().terms)
+        try:
+            lay = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in _LAYOUT_ARRAYS}
+        except (OSError, ValueError, EOFError) as e:
+            return {}, f"unreadable array ({e})"
+        dt, ip, docs, w = lay["dense_terms"], lay["post_indptr"], lay["post_docs"], lay["post_w"]
+        dense, step = lay["dense"], lay["dense_step"]
+        checks = [
+            (dt.ndim == 1 and (len(dt) == 0 or (dt.min() >= 0 and dt.max() < n_terms)), "dense term ids"),
+            (dense.dtype == np.uint8 and dense.shape == (len(dt), n_docs), "dense block shape"),
+            (step.shape == (len(dt),) and bool(np.isfinite(step).all()), "dense steps"),
+            (
+                ip.ndim == 1 and len(ip) == n_terms + 1 and ip[0] == 0 and ip[-1] == len(docs),
+                "posting offsets",
+            ),
+            (bool((np.diff(ip) >= 0).all()), "posting offsets decrease"),
+            (
+                docs.dtype == np.int32 and (len(docs) == 0 or (docs.min() >= 0 and docs.max() < n_docs)),
+                "doc ids",
+            ),
+            (w.shape == docs.shape and bool(np.isfinite(w).all()), "posting weights"),
+        ]
+        problem = next((what for ok, what in checks if not ok), None)
+        return lay, problem
 
     def prepare(self, dense_min_df: float = DEFAULT_DENSE_MIN_DF) -> None:
         """Build/load the layout and compile the kernels now."""
