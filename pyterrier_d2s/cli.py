@@ -371,6 +371,7 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
     if not index.built():
         raise FileNotFoundError(f"{args.index} is not a built D2S index (run d2s index first)")
     _check_index_images(index, data, args.index)
+    _check_built_with(index, model, args.index, args.model)
     noexp_model = noexp_index = None
     if (args.noexp_model is None) != (args.noexp_index is None):
         raise ValueError("give both --noexp-model and --noexp-index, or neither")
@@ -379,6 +380,7 @@ def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
         noexp_index = D2SIndex(args.noexp_index)
         if not noexp_index.built() or len(noexp_index) != len(index):
             raise ValueError(f"{args.noexp_index} is not a built index of the same {len(index)} images")
+        _check_built_with(noexp_index, noexp_model, args.noexp_index, args.noexp_model)
         # the first-stage head must not have trained on the test images either
         split_for_head(split, args.noexp_model)
     elif model.head.config.exp != "0":
@@ -433,6 +435,40 @@ def _check_index_images(index, data, where: str) -> None:
         )
 
 
+def _check_built_with(index, model, index_dir: str, model_dir: str) -> None:
+    """Refuse to search an index with a head other than the one that encoded its images (silently wrong
+    scores otherwise). Indexes that recorded no head (built by an older version, or from a matrix) pass."""
+    recorded = (index.meta.get("built_with") or {}).get("head_fingerprint")
+    if recorded is not None and recorded != model.head.fingerprint():
+        raise ValueError(
+            f"{index_dir} was built with another head than {model_dir}; index the images with this head "
+            "(d2s index --model ... --overwrite) or pass the head that built it"
+        )
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="verify every file of an index against its build's manifest (SHA-256)")
+    p.add_argument("index", help="index directory")
+
+
+def cmd_check(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from .index import D2SIndex
+    from .index.integrity import verify
+
+    index = D2SIndex(args.index)
+    if not index.built():
+        raise FileNotFoundError(f"{args.index} is not a built D2S index")
+    problems = verify(Path(args.index))
+    for problem in problems:
+        print(f"d2s check: {problem}", file=sys.stderr)
+    if problems:
+        raise ValueError(f"{args.index}: {len(problems)} file(s) damaged; rebuild the index")
+    index.forward()  # the structural checks too
+    return {"index": str(args.index), "ok": True, "documents": len(index)}
+
+
 def _add_search(sub) -> None:
     p = sub.add_parser("search", help="search an index with a caption of the data set or a text query")
     p.add_argument("--model", required=True)
@@ -471,7 +507,11 @@ def cmd_search(args: argparse.Namespace) -> list[dict]:
         topics = pd.DataFrame({"qid": ["q"], "query": [args.query]})
     else:
         raise ValueError("give a text query or --data and --qid")
-    pipeline = model.query_encoder(expansion=not args.no_expansion) >> D2SIndex(args.index).retriever(
+    index = D2SIndex(args.index)
+    if not index.built():
+        raise FileNotFoundError(f"{args.index} is not a built D2S index (run d2s index first)")
+    _check_built_with(index, model, args.index, args.model)
+    pipeline = model.query_encoder(expansion=not args.no_expansion) >> index.retriever(
         num_results=args.num_results
     )
     results = pipeline(topics)
@@ -776,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot(sub)
     _add_explain(sub)
     _add_encode(sub)
+    _add_check(sub)
     return parser
 
 
@@ -795,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plot": cmd_plot,
             "explain": cmd_explain,
             "encode": cmd_encode,
+            "check": cmd_check,
         }
         report = commands[args.command](args)
         # strict JSON: a NaN or infinite measure is printed as null, never as the non-JSON NaN

@@ -9,6 +9,7 @@ Saved as a directory: ``config.json`` + ``model.safetensors`` + ``vocab.txt``; l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ class D2SHeadConfig:
     dense_encoder: str | None = None  # name or dir of the frozen dense model the head was trained on
     exp: str = "c+w"  # expansion mode used in training; "0" means queries are never expanded
     extra: dict[str, Any] = field(default_factory=dict)  # training metadata (eta, epochs, metrics...)
+    fingerprint: str | None = None  # SHA-256 of the weights when saved: a changed byte is found on load
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> D2SHeadConfig:
@@ -126,6 +128,14 @@ class D2SHead(nn.Module):
             mask.zero_()
             mask[ids.to(mask.device)] = 1
         self.output_mask.copy_(mask)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (every tensor of the state dict, by name): identifies this exact head."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode() + b"\0")
+            h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+        return h.hexdigest()
 
     @property
     def output_vocab_size(self) -> int:
@@ -256,6 +266,7 @@ class D2SHead(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
         self.vocab.save(directory)
+        self.config.fingerprint = self.fingerprint()  # the config now describes these saved weights
         cfg = {"type": "d2s_head", "format": "safetensors", **asdict(self.config)}
         (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
@@ -306,6 +317,10 @@ class D2SHead(nn.Module):
                 f"{expected.get(bad[0])}"
             )
         head.load_state_dict(state)
+        if config.fingerprint is not None and head.fingerprint() != config.fingerprint:
+            raise ValueError(
+                f"{weights}: the weights changed since the head was saved (fingerprint mismatch)"
+            )
         return head.to(device)
 
 

@@ -161,7 +161,10 @@ class D2SImageIndexer(pt.Indexer):
 
     def index(self, it: Iterable[dict[str, Any]]) -> D2SIndex:
         docnos, matrix = self.encode(it)
-        self.d2s_index.index_matrix(docnos, matrix, self.model.vocab.tokens, **self.index_kwargs)
+        built_with = {"head_fingerprint": self.model.head.fingerprint()}
+        self.d2s_index.index_matrix(
+            docnos, matrix, self.model.vocab.tokens, built_with=built_with, **self.index_kwargs
+        )
         return self.d2s_index
 
 

@@ -136,3 +136,45 @@ def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
         pytest.skip("this machine has CUDA")
     assert main(["train", "--data", "coco500", "--out", str(tmp_path / "h"), "--device", "cuda"]) == 2
     assert "CUDA" in one_error_line(capsys, "train")
+
+
+def test_changed_weight_bytes_are_found_on_load(saved_head):
+    weights = saved_head / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-20] ^= 0xFF  # inside the last tensor's values: the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="weights changed since the head was saved"):
+        D2SHead.from_pretrained(saved_head)
+
+
+def _random_head_dir(path, vocab, seed):
+    torch.manual_seed(seed)
+    head = D2SHead(D2SHeadConfig(input_dim=512, hidden_dim=384), vocab=vocab)
+    with torch.no_grad():
+        head.vocab_proj.bias.fill_(-1.5)
+    head.save_pretrained(path)
+    return str(path)
+
+
+def test_an_index_is_searched_only_with_the_head_that_built_it(tmp_path, capsys, vocab):
+    a, b = _random_head_dir(tmp_path / "a", vocab, 0), _random_head_dir(tmp_path / "b", vocab, 1)
+    index = str(tmp_path / "idx")
+    assert main(["index", "--model", a, "--data", "coco500", "--out", index]) == 0
+    qid = load_pairs("coco500").evaluation_split().caption_ids[0]
+    capsys.readouterr()
+    search = ["search", "--index", index, "--data", "coco500", "--qid", qid]
+    assert main([*search, "--model", a]) == 0
+    capsys.readouterr()
+    assert main([*search, "--model", b]) == 2
+    assert "built with another head" in one_error_line(capsys, "search")
+    # d2s check: intact, then a damaged file is named and the exit status is 2
+    assert main(["check", index]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "idx" / "forward.npz", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert main(["check", index]) == 2
+    err = capsys.readouterr().err
+    assert "forward.npz: contents differ from the build" in err and "1 file(s) damaged" in err

@@ -261,6 +261,7 @@ class D2SIndex(pta.Artifact, pt.Indexer):
         max_mass_loss: float = 0.005,
         query_scale: float | None = None,
         overwrite: bool = False,
+        built_with: dict | None = None,
     ) -> D2SIndex:
         """Index a CSR matrix (documents x terms) directly: the fast path for batch encoders.
 
@@ -269,9 +270,10 @@ class D2SIndex(pta.Artifact, pt.Indexer):
             matrix: non-negative weights; columns named by ``terms``.
             terms: column vocabulary (lower-case, no whitespace; unused columns are fine).
             scale, max_mass_loss, query_scale, overwrite: as in :meth:`indexer`.
+            built_with: JSON-able provenance stored in ``pt_meta.json`` (e.g. the encoding head's fingerprint).
         """
         return self.indexer(scale, max_mass_loss, query_scale=query_scale, overwrite=overwrite).index_matrix(
-            docnos, matrix, terms
+            docnos, matrix, terms, built_with=built_with
         )
 
     # ---- retrieval & scoring ----------------------------------------------------------------------------
@@ -470,6 +472,7 @@ class D2SIndexer(pt.Indexer):
         docnos: Sequence[str] | np.ndarray,
         matrix: sp.spmatrix | sp.sparray,
         terms: Sequence[str] | np.ndarray,
+        built_with: dict | None = None,
     ) -> D2SIndex:
         """Index a documents x terms matrix (see :meth:`D2SIndex.index_matrix`)."""
         started = time.perf_counter()
@@ -531,6 +534,7 @@ class D2SIndexer(pt.Indexer):
                 "doc_mass_lost": lost,
                 "build_seconds": round(time.perf_counter() - started, 3),
                 **pisa_stats,
+                **({"built_with": built_with} if built_with else {}),
             }
             (tmp / _BUILDER_FILE).unlink()
             write_manifest(tmp)  # after PISA's warm-up query, which writes files of its own
