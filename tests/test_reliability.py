@@ -178,3 +178,24 @@ def test_an_index_is_searched_only_with_the_head_that_built_it(tmp_path, capsys,
     assert main(["check", index]) == 2
     err = capsys.readouterr().err
     assert "forward.npz: contents differ from the build" in err and "1 file(s) damaged" in err
+
+
+def test_reader_messages_name_line_and_fault(tmp_path, caplog):
+    d = write_unsplit_vectors_dir(tmp_path / "d", 10)
+    lines = (d / "captions.jsonl").read_bytes().splitlines(keepends=True)
+    (d / "captions.jsonl").write_bytes(b"".join(lines[:3] + [b'{"caption": "caf\xe9"}\n'] + lines[4:]))
+    with pytest.raises(DataError, match=r"captions.jsonl:4: not UTF-8 text"):
+        load_pairs(d)
+    (d / "captions.jsonl").write_bytes(b"".join(lines[:3] + [b"[1, 2]\n"] + lines[4:]))
+    with pytest.raises(DataError, match=r"captions.jsonl:4: expected a JSON object, got list"):
+        load_pairs(d)
+    row = json.loads(lines[3])
+    row["caption"] = 1234
+    (d / "captions.jsonl").write_bytes(b"".join(lines[:3] + [json.dumps(row).encode() + b"\n"] + lines[4:]))
+    with pytest.raises(DataError, match=f"caption {row['caption_id']!r}: text must be a string, not int"):
+        load_pairs(d)
+    (d / "captions.jsonl").write_bytes(b"".join(lines))
+    np.save(d / "image_vectors.npy", np.load(d / "image_vectors.npy").astype(np.float16))
+    with caplog.at_level("WARNING"):
+        load_pairs(d)
+    assert "float16 vectors are used as float32" in caplog.text

@@ -221,7 +221,9 @@ def test_cli_killed_run_resumes_to_the_same_head(tmp_path):
 
     data_dir = write_unsplit_vectors_dir(tmp_path / "data", 96)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["train", "--data", str(data_dir), "--epochs", "8", "--batch-size", "32", "--quiet"]
+    # all 30,522 output tokens: slow enough (~0.1 s a step) to be killed between two checkpoints
+    args = ["train", "--data", str(data_dir), "--epochs", "8", "--batch-size", "32", "--output-vocab", "all"]
+    args.append("--quiet")
     ref = d2s(*args, "--out", str(tmp_path / "ref"), env=env, stdout=subprocess.PIPE)
     assert ref.wait(timeout=300) == 0
 
@@ -231,7 +233,7 @@ def test_cli_killed_run_resumes_to_the_same_head(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 3:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

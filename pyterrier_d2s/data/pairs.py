@@ -101,7 +101,11 @@ class PairedVectors:
             i = int(np.argmax(bad_link))
             raise DataError(f"{self.name}: caption {self.caption_ids[i]!r} points to an unknown image")
         for cid, text in zip(self.caption_ids, self.caption_texts, strict=True):
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str):
+                raise DataError(
+                    f"{self.name}: caption {cid!r}: text must be a string, not {type(text).__name__}"
+                )
+            if not text.strip():
                 raise DataError(f"{self.name}: caption {cid!r} has empty text")
         if self.image_split is not None and len(self.image_split) != iv.shape[0]:
             raise DataError(f"{self.name}: {len(self.image_split)} split labels for {iv.shape[0]} images")

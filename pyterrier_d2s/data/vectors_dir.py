@@ -9,6 +9,7 @@ line. Written by ``d2s encode`` and read here; ``d2s encode`` also writes ``enco
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,17 +19,26 @@ from .pairs import DataError, PairedVectors
 
 __all__ = ["read_vectors_dir", "read_jsonl"]
 
+logger = logging.getLogger(__name__)
+
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: not UTF-8 text (byte {e.start})") from e
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 
@@ -97,6 +107,8 @@ def _load_vectors(path: Path) -> np.ndarray:
         raise DataError(f"{path}: vectors must be real numbers, not dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] == 0:
         raise DataError(f"{path}: vectors must be a 2-d array (rows x dim, dim >= 1), got shape {arr.shape}")
+    if arr.dtype != np.float32:
+        logger.warning("%s: %s vectors are used as float32", path, arr.dtype)
     return arr
 
 

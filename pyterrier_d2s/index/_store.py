@@ -23,6 +23,9 @@ TERMS_FILE = "terms.txt"
 DOCNOS_FILE = "docnos.txt"
 PISA_DIR = "pisa"
 
+# Largest query weight accepted (D2S weights are log(1 + x), below ~20): float32 scores stay finite.
+MAX_QUERY_WEIGHT = 1e15
+
 # Largest impact PISA's uint32 postings can hold.
 _MAX_IMPACT = 2**32 - 1
 
@@ -130,10 +133,13 @@ class ForwardStore:
         if not known.all():
             for i in np.flatnonzero(~known):
                 warn_unindexable_query_term(keys[i])
-        bad = known & ~np.isfinite(weights)
+        # engines score in float32: a weight near its limit (3.4e38) would turn scores into inf
+        bad = known & ~(np.abs(weights) <= MAX_QUERY_WEIGHT)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"query weight of {keys[i]!r} is not finite: {weights[i]}")
+            raise ValueError(
+                f"query weight of {keys[i]!r} is not finite or above {MAX_QUERY_WEIGHT:g}: {weights[i]}"
+            )
         keep = known & (weights > 0)
         rows = np.repeat(np.arange(len(queries)), lens)[keep]
         cols, weights = cols[keep], weights[keep]
