@@ -101,7 +101,8 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--restart",
         action="store_true",
-        help="start over: a checkpoint in --out is kept aside as checkpoint.pt.old instead of resumed",
+        help="start over: a checkpoint in --out is kept aside (checkpoint.pt.corrupt if unreadable, else "
+        "checkpoint.pt.old) instead of resumed",
     )
     p.add_argument(
         "--split-seed",
@@ -216,7 +217,14 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
         ckpt = Path(args.out) / CHECKPOINT_NAME
         if ckpt.exists():
-            ckpt.replace(ckpt.with_name(CHECKPOINT_NAME + ".old"))
+            import torch
+
+            try:
+                torch.load(ckpt, map_location="cpu", weights_only=True)
+                suffix = ".old"
+            except Exception:  # unreadable: truncated, empty, foreign
+                suffix = ".corrupt"
+            ckpt.replace(ckpt.with_name(CHECKPOINT_NAME + suffix))
     trainer = D2STrainer(config, checkpoint_dir=args.out, device=args.device, progress=not args.quiet)
     result = trainer.fit(data, dense_encoder=data.meta.get("dense_encoder"))
     result.head.save_pretrained(args.out)
@@ -305,7 +313,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "--candidates", type=_positive_int, default=100, help="candidates re-scored by the expansion rescorer"
     )
-    p.add_argument("--num-results", type=int, default=100, help="results per query of the other systems")
+    p.add_argument(
+        "--num-results", type=_positive_int, default=100, help="results per query of the other systems"
+    )
     p.add_argument(
         "--noexp-model",
         default=None,
@@ -527,7 +537,7 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="where the head and the index go")
     p.add_argument("--exp", default="c+w", choices=["0", "1", "c", "c+w"])
-    p.add_argument("--eta", type=float, default=1e-3)
+    p.add_argument("--eta", type=_finite_float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--epochs", type=int, default=None, help="default: from the recipe")
     p.add_argument(
@@ -669,9 +679,12 @@ def _add_encode(sub) -> None:
     p.add_argument(
         "--out", required=True, help="vectors directory to write (an unfinished run there resumes)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per forward pass")
     p.add_argument(
-        "--chunk-size", type=int, default=1024, help="items per committed chunk (at most lost on a kill)"
+        "--chunk-size",
+        type=_positive_int,
+        default=1024,
+        help="items per committed chunk (at most lost on a kill)",
     )
     p.add_argument(
         "--skip-bad-images", action="store_true", help="leave unreadable images (and their captions) out"
@@ -721,7 +734,7 @@ def _add_plot(sub) -> None:
     o.add_argument("--index", required=True)
     o.add_argument("--data", required=True)
     o.add_argument("--out", required=True, help="PNG file")
-    o.add_argument("-k", type=int, default=10)
+    o.add_argument("-k", type=_positive_int, default=10)
 
 
 def cmd_plot(args: argparse.Namespace) -> dict:
@@ -773,7 +786,7 @@ def _add_explain(sub) -> None:
         default=None,
         help="a caption id or an image id of --data (default: the first 3 captions of the head's test images)",
     )
-    p.add_argument("-k", type=int, default=20)
+    p.add_argument("-k", type=_positive_int, default=20)
 
 
 def cmd_explain(args: argparse.Namespace) -> dict:

@@ -44,6 +44,7 @@ class D2SHeadConfig:
     exp: str = "c+w"  # expansion mode used in training; "0" means queries are never expanded
     extra: dict[str, Any] = field(default_factory=dict)  # training metadata (eta, epochs, metrics...)
     fingerprint: str | None = None  # SHA-256 of the weights when saved: a changed byte is found on load
+    vocab_sha256: str | None = None  # of vocab.txt when saved: a changed token would relabel every output
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> D2SHeadConfig:
@@ -267,6 +268,7 @@ class D2SHead(nn.Module):
         save_file(state, str(directory / WEIGHTS_NAME))
         self.vocab.save(directory)
         self.config.fingerprint = self.fingerprint()  # the config now describes these saved weights
+        self.config.vocab_sha256 = hashlib.sha256((directory / "vocab.txt").read_bytes()).hexdigest()
         cfg = {"type": "d2s_head", "format": "safetensors", **asdict(self.config)}
         (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
@@ -296,7 +298,20 @@ class D2SHead(nn.Module):
 
         if config.exp not in EXPANSION_MODES:
             raise ValueError(f"{cfg_file}: exp must be one of {EXPANSION_MODES}, not {config.exp!r}")
-        vocab = Vocabulary(directory)
+        vocab_file = directory / "vocab.txt"
+        if config.vocab_sha256 is not None:
+            if not vocab_file.is_file():
+                raise FileNotFoundError(f"{directory} is not a D2S head directory: no vocab.txt")
+            if hashlib.sha256(vocab_file.read_bytes()).hexdigest() != config.vocab_sha256:
+                raise ValueError(
+                    f"{vocab_file}: changed since the head was saved (its tokens name the outputs)"
+                )
+        try:
+            vocab = Vocabulary(directory)
+        except (UnicodeDecodeError, OSError) as e:
+            raise ValueError(f"{vocab_file}: unreadable ({e})") from e
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"{vocab_file} has {len(vocab)} tokens, {cfg_file} says {config.vocab_size}")
         # skip the embedding initialisation: the weights are overwritten right away
         head = cls(D2SHeadConfig(**{**asdict(config), "init": "random"}), vocab=vocab)
         head.config = config

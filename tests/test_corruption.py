@@ -18,6 +18,8 @@ import scipy.sparse as sp
 
 from pyterrier_d2s.index import D2SIndex
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 HERE = Path(__file__).parent
 KINDS = ("truncate", "empty", "flip")
 
@@ -94,3 +96,20 @@ def test_damaged_index_files_never_crash_nor_mislead(tmp_path):
     print(table)
     bad = [(cases[i], o) for i, o in outcomes.items() if o.startswith(("CRASH", "WRONG"))]
     assert len(outcomes) == len(cases) and not bad, table
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "vocab.txt"])
+@pytest.mark.parametrize("kind", ["truncate", "empty", "flip"])
+def test_damaged_head_files_are_refused(tmp_path, vocab, name, kind):
+    """The same damage to each file of a saved head: always a clear error (in-process: no native code)."""
+    import torch
+    from _corruption_driver import damage
+
+    from pyterrier_d2s.head import D2SHead, D2SHeadConfig
+
+    head = D2SHead(D2SHeadConfig(input_dim=8, hidden_dim=16, init="random"), vocab=vocab)
+    head.save_pretrained(tmp_path / "h")
+    damage(tmp_path / "h" / name, kind)
+    with pytest.raises((ValueError, FileNotFoundError)):
+        loaded = D2SHead.from_pretrained(tmp_path / "h")
+        torch.testing.assert_close(loaded(torch.ones(1, 8)), head(torch.ones(1, 8)))  # a "load" must be exact

@@ -127,7 +127,7 @@ def test_restart_keeps_an_unreadable_checkpoint_aside(tmp_path, capsys):
     err = one_error_line(capsys, "train")
     assert CHECKPOINT_NAME in err and "--restart" in err
     assert main([*argv, "--restart"]) == 0
-    assert (out / (CHECKPOINT_NAME + ".old")).read_bytes() == b"truncated"
+    assert (out / (CHECKPOINT_NAME + ".corrupt")).read_bytes() == b"truncated"
     assert torch.load(out / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
 
 

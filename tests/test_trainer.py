@@ -75,7 +75,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, vocab):
 def test_checkpoint_of_other_settings_is_refused(tmp_path, vocab):
     data = synthetic_pairs()
     D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
-    with pytest.raises(ValueError, match="other settings or data"):
+    with pytest.raises(ValueError, match=r"other settings \(eta 0.001 -> 0.5\)"):
         D2STrainer(small_config(epochs=1, eta=0.5), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(
             data
         )
@@ -129,8 +129,15 @@ def test_resume_onto_other_data_of_the_same_shape_is_refused(tmp_path, vocab):
     D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
     other = synthetic_pairs()
     other.caption_vectors = other.caption_vectors[::-1].copy()  # same sizes, other pairs
-    with pytest.raises(ValueError, match="other settings or data"):
+    with pytest.raises(ValueError, match="other training data .same sizes, other ids, vectors or texts"):
         D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(other)
+    renamed = synthetic_pairs()
+    renamed.image_ids[0] = "another-id"
+    with pytest.raises(ValueError, match="other training data"):
+        D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(renamed)
+    bigger = synthetic_pairs(n_images=30)
+    with pytest.raises(ValueError, match="images 24 -> 30, captions 48 -> 60"):
+        D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(bigger)
 
 
 def test_corrupt_checkpoint_gives_a_hint(tmp_path, vocab):

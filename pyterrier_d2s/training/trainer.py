@@ -551,11 +551,22 @@ class D2STrainer:
             ) from e
         if not isinstance(ckpt, dict) or "best_score" not in ckpt:
             raise ValueError(f"{path} is not a checkpoint of this version; delete it to start afresh")
-        if _training_settings(ckpt.get("config")) != _training_settings(asdict(cfg)) or (
-            ckpt.get("fingerprint") != fingerprint
-        ):
+        saved, current = _training_settings(ckpt.get("config")) or {}, _training_settings(asdict(cfg))
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if changed:
+            shown = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
             raise ValueError(
-                f"{path} was written by a run with other settings or data; use another --out, or --restart "
+                f"{path} was written with other settings ({shown}); use another --out, or --restart to "
+                "start afresh"
+            )
+        if ckpt.get("fingerprint") != fingerprint:
+            old = ckpt.get("fingerprint") or {}
+            what = [k for k in ("images", "captions", "dim") if old.get(k) != fingerprint[k]]
+            detail = ", ".join(f"{k} {old.get(k)} -> {fingerprint[k]}" for k in what) or (
+                "same sizes, other ids, vectors or texts"
+            )
+            raise ValueError(
+                f"{path} was written for other training data ({detail}); use another --out, or --restart "
                 "to start afresh"
             )
         return ckpt
@@ -608,6 +619,8 @@ def _fingerprint(train: PairedVectors, columns: np.ndarray) -> dict:
     covers the vectors, the caption texts and links, and the output columns.
     """
     h = hashlib.sha256()
+    for ident in (*train.image_ids, *train.caption_ids):
+        h.update(str(ident).encode("utf-8", "surrogatepass") + b"\0")
     for arr in (train.image_vectors, train.caption_vectors, train.caption_image, columns):
         h.update(np.ascontiguousarray(arr).tobytes())
     for text in train.caption_texts:
