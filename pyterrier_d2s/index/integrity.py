@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["MANIFEST_FILE", "IndexDamaged", "check_csr", "check_files", "verify", "write_manifest"]
+__all__ = [
+    "MANIFEST_FILE",
+    "IndexDamaged",
+    "check_csr",
+    "check_files",
+    "sha256_file",
+    "verify",
+    "write_manifest",
+]
 
 MANIFEST_FILE = "manifest.json"
 _NOT_LISTED = {MANIFEST_FILE, "pt_meta.json", ".builder-pid"}  # at the top level: written after the manifest
@@ -25,7 +33,8 @@ class IndexDamaged(ValueError):
     """A file of an index does not match what its build recorded, or breaks a structural invariant."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -46,7 +55,7 @@ def _listed_files(directory: Path) -> list[Path]:
 def write_manifest(directory: Path) -> dict:
     """Record size and SHA-256 of every file below ``directory`` (but engine caches) in ``manifest.json``."""
     files = {
-        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in _listed_files(directory)
     }
     manifest = {"version": 1, "files": files}
@@ -83,7 +92,7 @@ def check_files(directory: Path, names: list[str] | None = None, hashed: tuple[s
                 f"{path}: {size} bytes, the build wrote {rec['size']}: damaged; rebuild the index "
                 "(d2s index --overwrite)"
             )
-        if name in hashed and _sha256(path) != rec["sha256"]:
+        if name in hashed and sha256_file(path) != rec["sha256"]:
             raise IndexDamaged(f"{path}: contents changed since the build; rebuild the index")
 
 
@@ -99,7 +108,7 @@ def verify(directory: Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif path.stat().st_size != rec["size"]:
             problems.append(f"{path}: {path.stat().st_size} bytes, the build wrote {rec['size']}")
-        elif _sha256(path) != rec["sha256"]:
+        elif sha256_file(path) != rec["sha256"]:
             problems.append(f"{path}: contents differ from the build (SHA-256)")
     return problems
 

@@ -13,7 +13,6 @@ directory and renamed into place only when complete, so a killed build never lea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from .._store import ForwardStore
+from ..integrity import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core import D2SIndex
@@ -270,7 +270,7 @@ def cached_build(
         started = time.perf_counter()
         info = build(tmp)
         seconds = round(time.perf_counter() - started, 3)
-        hashes = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / _DONE_FILE).write_text(
             json.dumps(
                 {
@@ -296,14 +296,6 @@ def cached_build(
     return final
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _damage(path: Path) -> str | None:
     """What is wrong with a finished engine directory (a file missing or changed since its build), or None."""
     try:
@@ -315,7 +307,7 @@ def _damage(path: Path) -> str | None:
     for name, digest in recorded.items():
         if not (path / name).is_file():
             return f"{name} missing"
-        if _sha256(path / name) != digest:
+        if sha256_file(path / name) != digest:
             return f"{name} changed since the build"
     return None
 
