@@ -94,6 +94,12 @@ def _add_train(sub) -> None:
         choices=["default", "pca"],
         help="W1 starts at random (torch's default) or as the principal directions of the training vectors",
     )
+    p.add_argument(
+        "--regulariser",
+        default="l1",
+        choices=["l1", "flops"],
+        help="sparsity term of Eq. 7: L1 (the paper) or SPLADE's FLOPS regulariser",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
@@ -209,6 +215,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         own_terms=args.own_terms,
         init=args.init,
         proj_init=args.proj_init,
+        regulariser=args.regulariser,
     )
     if getattr(args, "restart", False):
         from pathlib import Path
@@ -253,6 +260,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         "own_terms": args.own_terms,
         "init": args.init,
         "proj_init": args.proj_init,
+        "regulariser": args.regulariser,
         "output_tokens": result.head.output_vocab_size,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),

@@ -108,3 +108,20 @@ def test_teacher_stays_float32_inside_autocast():
         assert (z_a @ z_b.T).dtype == torch.bfloat16  # what a plain product would have given
     assert inside.dtype == torch.float32
     torch.testing.assert_close(inside, exact, rtol=0, atol=0)
+
+
+def test_flops_regulariser_hand_computed():
+    from pyterrier_d2s.training.loss import D2SLoss, flops_norm
+
+    s = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    # column means 2, 0, 1 -> 4 + 0 + 1
+    assert float(flops_norm(s)) == pytest.approx(5.0)
+    z = torch.eye(2)
+    flops = D2SLoss(eta=0.1, regulariser="flops")(s, s, z, z)
+    l1 = D2SLoss(eta=0.1)(s, s, z, z)
+    assert float(flops.l1_img) == pytest.approx(5.0) and float(l1.l1_img) == pytest.approx(
+        3.0
+    )  # mean row sum
+    assert float(flops.total - l1.total) == pytest.approx(0.5 * 0.1 * 2 * (5.0 - 3.0))
+    with pytest.raises(ValueError, match="regulariser"):
+        D2SLoss(regulariser="l2")

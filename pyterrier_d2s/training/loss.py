@@ -21,6 +21,8 @@ __all__ = [
     "teacher_scores",
     "l1_norm",
     "l1_warmup_factor",
+    "flops_norm",
+    "REGULARISERS",
 ]
 
 _LN2 = math.log(2.0)
@@ -83,10 +85,23 @@ def l1_warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, step / warmup_steps) ** 2
 
 
-class D2SLoss:
-    """Eq. 7 with fixed ``tau``, ``lam`` (λ) and ``eta`` (η)."""
+def flops_norm(s: torch.Tensor) -> torch.Tensor:
+    """SPLADE's FLOPS regulariser ``Σ_k (mean_i s_ik)²``: penalises terms active across the batch (co-activation),
+    not single weights; an option beside Eq. 7's L1 (``D2SLoss(regulariser="flops")``)."""
+    return (s.float().mean(dim=0) ** 2).sum()
 
-    def __init__(self, tau: float = 1e-3, lam: float = 0.5, eta: float = 1e-3):
+
+REGULARISERS = ("l1", "flops")
+
+
+class D2SLoss:
+    """Eq. 7 with fixed ``tau``, ``lam`` (λ) and ``eta`` (η); ``regulariser="flops"`` swaps its L1 terms for
+    :func:`flops_norm` (not the paper's; measured in the README)."""
+
+    def __init__(self, tau: float = 1e-3, lam: float = 0.5, eta: float = 1e-3, regulariser: str = "l1"):
+        if regulariser not in REGULARISERS:
+            raise ValueError(f"regulariser must be one of {REGULARISERS}, not {regulariser!r}")
+        self.regulariser = regulariser
         if tau <= 0:
             raise ValueError("tau must be > 0")
         if not 0.0 <= lam <= 1.0:
@@ -108,6 +123,7 @@ class D2SLoss:
         teacher = teacher_scores(z_img, z_cap)
         i2c = distillation_ce(student, teacher, self.tau)
         c2i = distillation_ce(student.T, teacher.T, self.tau)
-        l1_i, l1_c = l1_norm(s_img), l1_norm(s_cap)
+        norm = l1_norm if self.regulariser == "l1" else flops_norm
+        l1_i, l1_c = norm(s_img), norm(s_cap)
         total = (1 - self.lam) * (i2c + c2i) + self.lam * self.eta * l1_factor * (l1_i + l1_c)
         return LossParts(total, i2c, c2i, l1_i, l1_c)

@@ -31,7 +31,7 @@ from ..head import D2SHead, D2SHeadConfig, load_word_embeddings, sparse_projecti
 from ..vocab import Vocabulary, ids_to_csr
 from .cuda_graph import GraphedStep
 from .expansion import EXPANSION_MODES, ExpansionControl
-from .loss import D2SLoss, l1_warmup_factor, sparse_scores
+from .loss import REGULARISERS, D2SLoss, l1_warmup_factor, sparse_scores
 from .recipe import RECIPES, TrainingSetShape, recipe_for
 
 __all__ = ["D2STrainer", "TrainConfig", "TrainResult"]
@@ -80,9 +80,8 @@ class TrainConfig:
     own_terms: str = "keep"
     hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
     init: str = "embeddings"
-    proj_init: str = (
-        "default"  # W1: "default" (torch's) or "pca" (principal directions of the training vectors)
-    )
+    proj_init: str = "default"  # W1: torch's default, or "pca" (the training vectors' principal directions)
+    regulariser: str = "l1"  # Eq. 7's L1, or "flops" (SPLADE's FLOPS regulariser; not the paper's)
     seed: int = 42
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     cuda_graph: bool = True  # replay the training step as a CUDA graph (CUDA only; same maths, ~3x faster)
@@ -124,6 +123,8 @@ class TrainConfig:
         if self.select_from is not None and not 0.0 <= self.select_from < 1.0:
             raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
+        if self.regulariser not in REGULARISERS:
+            raise ValueError(f"regulariser must be one of {REGULARISERS}, not {self.regulariser!r}")
         if self.proj_init not in PROJ_INITS:
             raise ValueError(f"proj_init must be one of {PROJ_INITS}, not {self.proj_init!r}")
 
@@ -319,7 +320,7 @@ class D2STrainer:
         if cfg.proj_init == "pca":
             pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
         head = _TrainingHead(full_head, columns).to(dev)
-        loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta)
+        loss_fn = D2SLoss(tau=cfg.tau, lam=cfg.lam, eta=cfg.eta, regulariser=cfg.regulariser)
         graphed = cfg.cuda_graph and GraphedStep.supported(dev)
         base_lrs = [
             cfg.lr_proj,
@@ -483,6 +484,7 @@ class D2STrainer:
             "own_terms": cfg.own_terms,
             "init": cfg.init,
             "proj_init": cfg.proj_init,
+            "regulariser": cfg.regulariser,
             "seed": cfg.seed,
             "best_epoch": best_epoch,
             "val_r1": best_r1,
