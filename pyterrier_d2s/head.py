@@ -188,6 +188,10 @@ class D2SHead(nn.Module):
             )
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
+        if columns is None and own_token_ids is None:
+            # a head restricted to a small output vocabulary projects onto those rows only: the same weights
+            # (every other one is 0), without reading the whole |V| x ω layer per call
+            columns = self._restricted_columns()
         if columns is not None:
             if own_token_ids is not None:
                 raise ValueError("give own_token_ids or columns, not both")
@@ -216,6 +220,16 @@ class D2SHead(nn.Module):
         if not blocks:
             return sp.csr_matrix((0, self.config.vocab_size), dtype=np.float32)
         return sp.vstack(blocks, format="csr")
+
+    def _restricted_columns(self) -> np.ndarray | None:
+        """The allowed output ids when they are under half the vocabulary (else None: project onto all)."""
+        key = (self.output_mask._version, self.output_mask.data_ptr())
+        cached = self.__dict__.get("_restricted_cache")
+        if cached is None or cached[0] != key:
+            allowed = np.flatnonzero(self.output_mask.detach().cpu().numpy() > 0)
+            cached = (key, allowed if len(allowed) < self.config.vocab_size // 2 else None)
+            self.__dict__["_restricted_cache"] = cached
+        return cached[1]
 
     def _column_weights(self, columns: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
         """(W2 rows, b2 entries, special-token mask) of ``columns``, cached while the weights are unchanged."""

@@ -159,3 +159,29 @@ def test_encode_restricted_to_columns_equals_masked_full_output(head):
         head.encode(z[:2], own_token_ids=[np.array([5]), np.array([6])], columns=columns)
     with pytest.raises(ValueError, match="vocabulary ids"):
         head.encode(z[:2], columns=np.array([head.config.vocab_size]))
+
+
+def test_restricted_head_encodes_only_its_tokens_with_the_same_weights(vocab):
+    torch.manual_seed(3)
+    head = D2SHead(D2SHeadConfig(input_dim=8, hidden_dim=16, init="random"), vocab=vocab)
+    with torch.no_grad():
+        head.vocab_proj.bias.fill_(0.2)
+    allowed = np.sort(
+        np.random.default_rng(0).choice(np.flatnonzero(~vocab.special_mask), 500, replace=False)
+    )
+    head.set_output_tokens(allowed)
+    z = torch.randn(6, 8)
+    assert head._restricted_columns() is not None and len(head._restricted_columns()) == 500
+    with torch.no_grad():
+        expected = head(z).numpy()  # the full |V|-wide projection, masked
+    for top_k in (None, 7):
+        got = head.encode(z, top_k=top_k).toarray()
+        if top_k is None:
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        else:
+            assert (np.count_nonzero(got, axis=1) == 7).all()
+            for r in range(6):  # the 7 largest of the full output
+                np.testing.assert_allclose(np.sort(got[r][got[r] > 0]), np.sort(expected[r])[-7:], rtol=1e-6)
+    assert set(np.flatnonzero(head.encode(z).toarray().any(axis=0))) <= set(allowed.tolist())
+    head.set_output_tokens(None)
+    assert head._restricted_columns() is None
