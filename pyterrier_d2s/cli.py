@@ -193,7 +193,7 @@ def _split_for_training(data: PairedVectors, args: argparse.Namespace) -> Paired
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from .data import load_pairs, split_summary
+    from .data import DataError, load_all_captions, load_pairs, split_summary
     from .evaluation import dense_metrics, evaluate_head
     from .training import D2STrainer, TrainConfig
 
@@ -237,7 +237,11 @@ def cmd_train(args: argparse.Namespace) -> dict:
     result.head.save_pretrained(args.out)
     test = data.evaluation_split()
     split = split_summary(data)
-    sparse = evaluate_head(result.head, test)
+    try:  # every caption of each image, where the data ship them (coco500: COCO's five)
+        all_captions = load_all_captions(args.data)
+    except (DataError, OSError):
+        all_captions = None
+    sparse = evaluate_head(result.head, test, all_captions=all_captions)
     dense = dense_metrics(test)
     report = {
         "data": str(args.data),
@@ -253,6 +257,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         "flops": sparse["flops"],
         "exact20": sparse["exact20"],
         "semantic20": sparse["semantic20"],
+        "image_exact20": sparse["image_exact20"],
         "q_nnz": sparse["q_nnz"],
         "d_nnz": sparse["d_nnz"],
         **result.config.recipe_values(),

@@ -196,6 +196,18 @@ def dense_metrics(data, measures=DEFAULT_MEASURES, k: int = 10) -> dict:
     return retrieval_metrics(run, data.qrels(), measures)
 
 
+def image_own_ids(head, data, all_captions: dict[str, list[str]] | None = None) -> list[np.ndarray]:
+    """Per image of ``data``: the token ids of all its captions (``all_captions[image_id]`` when given, e.g.
+    COCO's five; else the captions ``data`` pairs with it), for Exact@k of an image's own terms."""
+    texts: list[list[str]] = [[] for _ in data.image_ids]
+    for text, row in zip(data.caption_texts, data.caption_image, strict=True):
+        texts[int(row)].append(text)
+    if all_captions:
+        texts = [all_captions.get(i, t) or t for i, t in zip(data.image_ids, texts, strict=True)]
+    ids = head.vocab.token_ids([" ".join(t) for t in texts])
+    return ids
+
+
 def evaluate_head(
     head,
     data,
@@ -203,12 +215,14 @@ def evaluate_head(
     k: int = 10,
     semantic_embeddings: np.ndarray | None = None,
     measures=DEFAULT_MEASURES,
+    all_captions: dict[str, list[str]] | None = None,
 ) -> dict:
     """The paper's numbers for a head on ``data`` (caption→image, exact sparse scoring).
 
     Returns R@1/R@5/R@10/RR@10 (as ``'R@1'``...), ``flops`` (Eq. 1), ``exact20`` / ``semantic20`` (Eq. 2-3,
     k = 20, on the fully expanded captions), ``q_nnz`` / ``d_nnz``. ``expansion=None`` expands the queries
-    unless the head was trained with ``exp="0"``.
+    unless the head was trained with ``exp="0"``. ``image_exact20`` is Exact@20 of each *image*'s terms
+    against the tokens of all its captions (``all_captions``: image_id -> texts, e.g. COCO's five).
     """
     from .head import load_word_embeddings
 
@@ -233,6 +247,7 @@ def evaluate_head(
         "flops": flops(q, d),
         "exact20": exact_at_k(q_full, own, 20),
         "semantic20": semantic_at_k(q_full, own, semantic_embeddings, 20),
+        "image_exact20": exact_at_k(d, image_own_ids(head, data, all_captions), 20),
         "q_nnz": mean_nnz(q),
         "d_nnz": mean_nnz(d),
     }

@@ -93,3 +93,35 @@ def test_run_frame_empty():
     run = run_frame([], [], np.zeros((0, 3), np.int64), np.zeros((0, 3)))
     assert list(run.columns) == ["qid", "docno", "score", "rank"] and len(run) == 0
     assert isinstance(run, pd.DataFrame)
+
+
+def test_image_exact_uses_every_caption_of_an_image(vocab):
+    import numpy as np
+    import scipy.sparse as sp
+
+    from pyterrier_d2s.data import PairedVectors
+    from pyterrier_d2s.evaluation import exact_at_k, image_own_ids
+
+    class _Head:
+        pass
+
+    head = _Head()
+    head.vocab = vocab
+    data = PairedVectors(
+        image_ids=["i0", "i1"],
+        image_vectors=np.zeros((2, 2), np.float32),
+        caption_ids=["c0", "c1", "c2"],
+        caption_texts=["a dog", "a red dog", "a cat"],
+        caption_image=np.array([0, 0, 1]),
+        caption_vectors=np.zeros((3, 2), np.float32),
+    )
+    ids = image_own_ids(head, data)
+    assert [sorted(vocab.decode(i)) for i in ids] == [["a", "dog", "red"], ["a", "cat"]]
+    ids5 = image_own_ids(head, data, {"i1": ["a cat on a mat", "two dogs"]})
+    assert sorted(vocab.decode(ids5[1])) == ["a", "cat", "dogs", "mat", "on", "two"]
+    # an image whose top terms are "cat dogs zebra": 2 of its captions' words in its top 20 -> 2/20
+    t = vocab.token_to_id
+    d = sp.csr_matrix(
+        ([3.0, 2.0, 1.0], ([0, 0, 0], [t["cat"], t["dogs"], t["zebra"]])), shape=(1, len(vocab))
+    )
+    assert exact_at_k(d, [ids5[1]], 20) == pytest.approx(2 / 20)
