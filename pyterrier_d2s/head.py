@@ -131,12 +131,21 @@ class D2SHead(nn.Module):
         self.output_mask.copy_(mask)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the weights (every tensor of the state dict, by name): identifies this exact head."""
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            h.update(name.encode() + b"\0")
-            h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-        return h.hexdigest()
+        """SHA-256 of the weights (every tensor of the state dict, by name): identifies this exact head.
+
+        Cached until a tensor changes (loading checks it, indexing records it, search compares it: one hash).
+        """
+        state = sorted(self.state_dict().items())
+        key = tuple((name, t.data_ptr(), t._version) for name, t in state)
+        cached = self.__dict__.get("_fingerprint_cache")
+        if cached is None or cached[0] != key:
+            h = hashlib.sha256()
+            for name, tensor in state:
+                h.update(name.encode() + b"\0")
+                h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+            cached = (key, h.hexdigest())
+            self.__dict__["_fingerprint_cache"] = cached
+        return cached[1]
 
     @property
     def output_vocab_size(self) -> int:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import quantisation
 from ._store import DOCNOS_FILE, FORWARD_FILE, PISA_DIR, TERMS_FILE, ForwardStore, write_pisa_collection
-from .integrity import MANIFEST_FILE, IndexDamaged, check_csr, check_files, write_manifest
+from .integrity import IndexDamaged, check_csr, check_files, manifest_names, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,6 @@ def _check_term(term: str) -> None:
 
 _BUILDER_FILE = ".builder-pid"
 _HASH_ON_OPEN_BYTES = 256 * 2**20
-
-
-def _manifest_names(directory: Path) -> list[str]:
-    try:
-        return list(json.loads((directory / MANIFEST_FILE).read_text())["files"])
-    except (OSError, ValueError, KeyError):
-        return []
 
 
 def _remove_leftovers_of_killed_builds(target: Path) -> None:
@@ -204,7 +197,7 @@ class D2SIndex(pta.Artifact, pt.Indexer):
 
             self._require_built()
             # a truncated PISA file crashes the native code: compare every size with the build's first
-            pisa_files = [n for n in _manifest_names(self.path) if n.startswith(f"{PISA_DIR}/")]
+            pisa_files = [n for n in manifest_names(self.path) if n.startswith(f"{PISA_DIR}/")]
             size = sum((self.path / n).stat().st_size for n in pisa_files if (self.path / n).is_file())
             # hashes too while that is cheap (a flipped byte can crash PISA as a cut file does); past
             # _HASH_ON_OPEN_BYTES only sizes, and `d2s check` verifies every hash

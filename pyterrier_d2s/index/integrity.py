@@ -20,6 +20,7 @@ __all__ = [
     "IndexDamaged",
     "check_csr",
     "check_files",
+    "manifest_names",
     "sha256_file",
     "verify",
     "write_manifest",
@@ -71,6 +72,11 @@ def _manifest(directory: Path) -> dict | None:
         return json.loads(path.read_text())["files"]
     except (ValueError, KeyError, TypeError) as e:
         raise IndexDamaged(f"{path}: unreadable manifest ({e}); rebuild the index") from e
+
+
+def manifest_names(directory: Path) -> list[str]:
+    """The files the build listed (paths relative to ``directory``); empty for an index without a manifest."""
+    return list(_manifest(directory) or {})
 
 
 def check_files(directory: Path, names: list[str] | None = None, hashed: tuple[str, ...] = ()) -> None:

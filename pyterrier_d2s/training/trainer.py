@@ -31,7 +31,7 @@ from ..head import D2SHead, D2SHeadConfig, load_word_embeddings, sparse_projecti
 from ..vocab import Vocabulary, ids_to_csr
 from .cuda_graph import GraphedStep
 from .expansion import EXPANSION_MODES, ExpansionControl
-from .loss import REGULARISERS, D2SLoss, l1_warmup_factor, sparse_scores
+from .loss import D2SLoss, l1_warmup_factor, sparse_scores
 from .recipe import RECIPES, TrainingSetShape, recipe_for
 
 __all__ = ["D2STrainer", "TrainConfig", "TrainResult"]
@@ -105,10 +105,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, not {value}")
-        if self.eta < 0 or self.tau <= 0 or not 0.0 <= self.lam <= 1.0:
-            raise ValueError(
-                f"need eta >= 0, tau > 0 and 0 <= lam <= 1, got {self.eta}, {self.tau}, {self.lam}"
-            )
+        D2SLoss(self.tau, self.lam, self.eta, self.regulariser)  # validates tau, lam, eta, regulariser
         for name in ("lr_proj", "lr_vocab", "lr_vocab_bias"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
@@ -123,8 +120,6 @@ class TrainConfig:
         if self.select_from is not None and not 0.0 <= self.select_from < 1.0:
             raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
-        if self.regulariser not in REGULARISERS:
-            raise ValueError(f"regulariser must be one of {REGULARISERS}, not {self.regulariser!r}")
         if self.proj_init not in PROJ_INITS:
             raise ValueError(f"proj_init must be one of {PROJ_INITS}, not {self.proj_init!r}")
 
