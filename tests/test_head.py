@@ -185,3 +185,16 @@ def test_restricted_head_encodes_only_its_tokens_with_the_same_weights(vocab):
     assert set(np.flatnonzero(head.encode(z).toarray().any(axis=0))) <= set(allowed.tolist())
     head.set_output_tokens(None)
     assert head._restricted_columns() is None
+
+
+def test_fingerprint_is_cached_until_a_weight_changes(vocab):
+    head = D2SHead(D2SHeadConfig(input_dim=8, hidden_dim=16, init="random"), vocab=vocab)
+    first = head.fingerprint()
+    assert head.fingerprint() == first
+    with torch.no_grad():
+        head.vocab_proj.bias.add_(1.0)  # in place: same storage, new version
+    changed = head.fingerprint()
+    assert changed != first
+    with torch.no_grad():
+        head.vocab_proj.bias.sub_(1.0)
+    assert head.fingerprint() == first  # same values, same hash
