@@ -26,8 +26,9 @@ import pyterrier as pt
 from ir_measures import RR, R
 
 from pyterrier_d2s.data import load_pairs, split_for_head
-from pyterrier_d2s.experiment import overlap_at_k, timed_run
+from pyterrier_d2s.experiment import timed_run
 from pyterrier_d2s.index import D2SIndex
+from pyterrier_d2s.measures import overlap_at_k
 from pyterrier_d2s.model import D2S
 
 MEASURES = [R @ 1, R @ 5, RR @ 10]

@@ -775,8 +775,8 @@ def cmd_plot(args: argparse.Namespace) -> dict:
 
     from .data import load_pairs, split_for_head
     from .evaluation import dense_top_k, run_frame
-    from .experiment import overlap_at_k
     from .index import D2SIndex
+    from .measures import overlap_at_k
     from .model import D2S
 
     model = D2S.from_pretrained(args.model)

@@ -1,101 +1,25 @@
-"""The paper's measures: FLOPs (Eq. 1), Exact@k (Eq. 2), Semantic@k (Eq. 3) and recall/MRR through ir_measures.
-
-Everything here works on CSR matrices of sparse vectors (rows = captions or images, columns = vocabulary)
-and plain numpy dense vectors, so it serves training (validation) and the PyTerrier side alike.
-"""
+"""In-memory evaluation of a head on paired vectors: exact sparse and dense top-k, run frames, and
+:func:`evaluate_head` (the paper's numbers for one head). The measures themselves are in
+:mod:`pyterrier_d2s.measures`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import ir_measures
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from ir_measures import RR, R
+
+from .measures import DEFAULT_MEASURES, exact_at_k, flops, mean_nnz, retrieval_metrics, semantic_at_k
 
 __all__ = [
-    "flops",
-    "exact_at_k",
-    "semantic_at_k",
-    "sparse_top_k",
-    "dense_top_k",
-    "run_frame",
-    "retrieval_metrics",
-    "mean_nnz",
     "dense_metrics",
+    "dense_top_k",
     "evaluate_head",
-    "DEFAULT_MEASURES",
+    "image_own_ids",
+    "run_frame",
+    "sparse_top_k",
 ]
-
-DEFAULT_MEASURES = (R @ 1, R @ 5, R @ 10, RR @ 10)
-
-
-def _term_counts(m: sp.csr_matrix) -> np.ndarray:
-    return np.bincount(m.indices[m.data > 0], minlength=m.shape[1]).astype(np.float64)
-
-
-def flops(queries: sp.csr_matrix, docs: sp.csr_matrix) -> float:
-    """Eq. 1: mean number of co-activated terms over all (query, document) pairs.
-
-    ``1/(|Q||D|) Σ_q Σ_d |nz(s_q) ∩ nz(s_d)| = Σ_k n_q(k)·n_d(k) / (|Q||D|)``, exact from per-term counts.
-    """
-    if queries.shape[0] == 0 or docs.shape[0] == 0:
-        return 0.0
-    return float(_term_counts(queries) @ _term_counts(docs)) / (queries.shape[0] * docs.shape[0])
-
-
-def mean_nnz(m: sp.csr_matrix) -> float:
-    """Mean number of non-zero terms per row."""
-    return float((m.data > 0).sum()) / max(1, m.shape[0])
-
-
-def _top_terms(row_idx: np.ndarray, row_val: np.ndarray, k: int) -> np.ndarray:
-    keep = row_val > 0
-    row_idx, row_val = row_idx[keep], row_val[keep]
-    if len(row_val) > k:
-        # stable order: by weight, ties by token id, so the metric does not depend on storage order
-        order = np.lexsort((row_idx, -row_val))[:k]
-        row_idx = row_idx[order]
-    return row_idx
-
-
-def exact_at_k(weights: sp.csr_matrix, own_ids: Sequence[np.ndarray], k: int = 20) -> float:
-    """Eq. 2, averaged over captions: ``|{t ∈ caption} ∩ top_k(s_C)| / k``."""
-    if weights.shape[0] != len(own_ids):
-        raise ValueError(f"{weights.shape[0]} sparse rows for {len(own_ids)} token lists")
-    weights = weights.tocsr()
-    total = 0.0
-    for i, own in enumerate(own_ids):
-        lo, hi = weights.indptr[i], weights.indptr[i + 1]
-        top = _top_terms(weights.indices[lo:hi], weights.data[lo:hi], k)
-        total += len(np.intersect1d(top, own)) / k
-    return total / max(1, len(own_ids))
-
-
-def semantic_at_k(
-    weights: sp.csr_matrix, own_ids: Sequence[np.ndarray], embeddings: np.ndarray, k: int = 20
-) -> float:
-    """Eq. 3, averaged over captions: ``1/k Σ_{t ∈ top_k(s_C)} max_{j ∈ caption} cos(e_t, e_j)``.
-
-    ``embeddings`` are static term embeddings (|V| x e); the default elsewhere is the vocabulary embeddings.
-    """
-    if weights.shape[0] != len(own_ids):
-        raise ValueError(f"{weights.shape[0]} sparse rows for {len(own_ids)} token lists")
-    emb = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    emb = emb / np.where(norms > 0, norms, 1.0)
-    weights = weights.tocsr()
-    total = 0.0
-    for i, own in enumerate(own_ids):
-        if len(own) == 0:
-            continue
-        lo, hi = weights.indptr[i], weights.indptr[i + 1]
-        top = _top_terms(weights.indices[lo:hi], weights.data[lo:hi], k)
-        if len(top) == 0:
-            continue
-        total += float((emb[top] @ emb[np.asarray(own)].T).max(axis=1).sum()) / k
-    return total / max(1, len(own_ids))
 
 
 def _top_k_rows(scores: np.ndarray, k: int, drop_nonpositive: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -177,16 +101,6 @@ def run_frame(
             "rank": ranks,
         }
     )
-
-
-def retrieval_metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures=DEFAULT_MEASURES) -> dict:
-    """Aggregate ir_measures values of a run, keyed by the measure objects' names (e.g. ``'R@1'``)."""
-    run_m = run.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
-    qrels_m = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
-    qrels_m = qrels_m[["query_id", "doc_id", "relevance"]]
-    # ir_measures scores queries of the qrels that retrieved nothing as 0 (checked in the tests)
-    result = ir_measures.calc_aggregate(list(measures), qrels_m, run_m)
-    return {str(m): float(result.get(m, 0.0)) for m in measures}
 
 
 def dense_metrics(data, measures=DEFAULT_MEASURES, k: int = 10) -> dict:

@@ -14,23 +14,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ir_measures
 import numpy as np
 import pandas as pd
 import pyterrier as pt
-from ir_measures import RR, R
+
+from .measures import DEFAULT_MEASURES, flops_from_counts, overlap_at_k, per_query_pearson
 
 __all__ = [
     "System",
     "compare",
     "dense_flex_index",
-    "overlap_at_k",
-    "per_query_pearson",
     "query_flops",
     "timed_run",
 ]
-
-DEFAULT_MEASURES = (R @ 1, R @ 5, RR @ 10)
 
 
 @dataclass
@@ -71,49 +67,13 @@ def timed_run(pipeline: pt.Transformer, topics: pd.DataFrame, warmup: int = 8) -
 def query_flops(query_toks: Sequence[Mapping[str, float]], index) -> float:
     """Eq. 1 for these queries against the documents of a D2SIndex: Σ_k n_q(k)·n_d(k) / (|Q|·|D|)."""
     fwd = index.forward()
-    doc_counts = fwd.doc_freq.astype(np.float64)
     term_col = fwd.term_index
-    total = 0.0
+    q_counts = np.zeros(len(fwd.terms), dtype=np.float64)
     for toks in query_toks:
-        total += sum(doc_counts[term_col[t]] for t, w in toks.items() if w > 0 and t in term_col)
-    n_docs = fwd.matrix.shape[0]
-    return total / max(1, len(query_toks) * n_docs)
-
-
-def overlap_at_k(run: pd.DataFrame, reference: pd.DataFrame, k: int = 10) -> pd.Series:
-    """Per query: the fraction of the reference's top-k documents that are also in the run's top-k (Fig. 2b)."""
-
-    def top(frame: pd.DataFrame) -> dict[str, set[str]]:
-        frame = frame.sort_values(["qid", "score"], ascending=[True, False])
-        return {q: set(g["docno"].head(k)) for q, g in frame.groupby("qid", sort=False)}
-
-    a, b = top(run), top(reference)
-    return pd.Series({q: len(a.get(q, set()) & docs) / k for q, docs in b.items()}, name=f"overlap@{k}")
-
-
-def per_query_pearson(
-    run: pd.DataFrame, reference: pd.DataFrame, qrels: pd.DataFrame, measures=DEFAULT_MEASURES
-) -> dict[str, float]:
-    """Pearson ρ over queries between a run's and the reference's per-query values of each measure (Table 5)."""
-    qrels_m = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
-
-    def per_query(frame: pd.DataFrame) -> pd.DataFrame:
-        run_m = frame.rename(columns={"qid": "query_id", "docno": "doc_id"})[["query_id", "doc_id", "score"]]
-        rows = [
-            (m.query_id, str(m.measure), m.value)
-            for m in ir_measures.iter_calc(list(measures), qrels_m, run_m)
-        ]
-        return pd.DataFrame(rows, columns=["qid", "measure", "value"]).pivot(
-            index="qid", columns="measure", values="value"
-        )
-
-    a, b = per_query(run), per_query(reference)
-    a, b = a.align(b, join="outer", fill_value=0.0)
-    out = {}
-    for m in measures:
-        x, y = a[str(m)].to_numpy(), b[str(m)].to_numpy()
-        out[str(m)] = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
-    return out
+        for t, w in toks.items():
+            if w > 0 and t in term_col:
+                q_counts[term_col[t]] += 1
+    return flops_from_counts(q_counts, fwd.doc_freq, len(query_toks), fwd.matrix.shape[0])
 
 
 def compare(

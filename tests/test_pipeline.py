@@ -13,12 +13,11 @@ from pyterrier_d2s.experiment import (
     System,
     compare,
     dense_flex_index,
-    overlap_at_k,
-    per_query_pearson,
     query_flops,
 )
 from pyterrier_d2s.head import D2SHead, D2SHeadConfig
 from pyterrier_d2s.index import D2SIndex
+from pyterrier_d2s.measures import overlap_at_k, per_query_pearson
 from pyterrier_d2s.model import D2S
 from pyterrier_d2s.pipeline import D2SImageIndexer, ExpansionRescorer
 

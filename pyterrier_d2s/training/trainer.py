@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data.pairs import PairedVectors
 from ..head import D2SHead, D2SHeadConfig, load_word_embeddings, sparse_projection
+from ..measures import flops_from_counts
 from ..vocab import Vocabulary, ids_to_csr
 from .cuda_graph import GraphedStep
 from .expansion import EXPANSION_MODES, ExpansionControl
@@ -526,7 +527,7 @@ class D2STrainer:
         return {
             "r1": hits / n_c,
             "mrr": rr / n_c,
-            "flops": float(q_counts @ d_counts) / (n_c * n_i),
+            "flops": flops_from_counts(q_counts.cpu().numpy(), d_counts.cpu().numpy(), n_c, n_i),
             "q_nnz": q_nnz / n_c,
             "d_nnz": float(d_counts.sum()) / n_i,
         }
