@@ -49,8 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from synthetic import Collection, make_collection
 
+from pyterrier_d2s.data.synthetic_collections import Collection, make_collection
 from pyterrier_d2s.index import D2SIndex
 from pyterrier_d2s.index.engines import QueryBatch, get_engine
 from pyterrier_d2s.index.engines._base import dir_size_mb, engine_info, sort_hits

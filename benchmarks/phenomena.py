@@ -24,66 +24,10 @@ import numpy as np
 
 from pyterrier_d2s.data import PairedVectors
 from pyterrier_d2s.data.split import assign_split
+from pyterrier_d2s.data.synthetic import planted_pairs
 from pyterrier_d2s.evaluation import dense_metrics, evaluate_head
 from pyterrier_d2s.training import D2STrainer, TrainConfig
 from pyterrier_d2s.vocab import Vocabulary
-
-FUNCTION_WORDS = ("a", "the", "and", "on", "with", "of", "in")
-
-
-def concept_tokens(vocab: Vocabulary, n: int, seed: int) -> list[str]:
-    """``n`` whole-word, alphabetic, 4+ letter WordPiece tokens (no sub-words, no function words)."""
-    words = [t for t in vocab.tokens[2000:] if t.isalpha() and t.isascii() and len(t) >= 4]
-    rng = np.random.default_rng(seed)
-    return list(rng.choice(words, size=n, replace=False))
-
-
-def planted_pairs(
-    vocab: Vocabulary,
-    n_images: int,
-    captions_per_image: int = 1,
-    n_concepts: int = 300,
-    per_image: int = 4,
-    dim: int = 128,
-    noise: float = 0.3,
-    gap: float = 1.0,
-    seed: int = 0,
-) -> tuple[PairedVectors, list[list[str]]]:
-    """Paired vectors from planted bags of words, and each image's planted concepts."""
-    rng = np.random.default_rng(seed)
-    concepts = concept_tokens(vocab, n_concepts, seed)
-    popularity = 1.0 / np.arange(1, n_concepts + 1)
-    popularity /= popularity.sum()
-    directions = rng.normal(size=(n_concepts, dim)) / np.sqrt(dim)
-    offset = gap * rng.normal(size=dim) / np.sqrt(dim)
-    bags = [rng.choice(n_concepts, size=per_image, replace=False, p=popularity) for _ in range(n_images)]
-
-    def vector(ids: np.ndarray, shift: np.ndarray | float) -> np.ndarray:
-        v = directions[ids].sum(axis=0) + shift + noise * rng.normal(size=dim) / np.sqrt(dim)
-        return v / np.linalg.norm(v)
-
-    image_vectors = np.stack([vector(b, 0.0) for b in bags]).astype(np.float32)
-    caption_ids, texts, links, caption_vectors = [], [], [], []
-    for i, bag in enumerate(bags):
-        for c in range(captions_per_image):
-            named = rng.choice(bag, size=min(3, per_image), replace=False)
-            words = []
-            for cid in named:
-                words += [str(rng.choice(FUNCTION_WORDS)), concepts[cid]]
-            caption_ids.append(f"{i}-{c}")
-            texts.append(" ".join(words))
-            links.append(i)
-            caption_vectors.append(vector(named, offset))
-    data = PairedVectors(
-        image_ids=[str(i) for i in range(n_images)],
-        image_vectors=image_vectors,
-        caption_ids=caption_ids,
-        caption_texts=texts,
-        caption_image=np.asarray(links),
-        caption_vectors=np.stack(caption_vectors).astype(np.float32),
-        name=f"planted-{n_images}",
-    )
-    return data, [[concepts[c] for c in bag] for bag in bags]
 
 
 def recovery(head, data: PairedVectors, planted: list[list[str]]) -> float:

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyterrier as pt
-from synthetic import make_collection
 
+from pyterrier_d2s.data.synthetic_collections import make_collection
 from pyterrier_d2s.index import DEFAULT_ALGORITHM, D2SIndex
 
 logger = logging.getLogger("retrieval_latency")

@@ -22,44 +22,9 @@ import time
 import numpy as np
 import torch
 
-from pyterrier_d2s.data import PairedVectors
+from pyterrier_d2s.data.synthetic import coco_shaped_pairs
 from pyterrier_d2s.training import D2STrainer, TrainConfig
 from pyterrier_d2s.vocab import Vocabulary
-
-WORDS = (
-    "a man woman person people dog cat car bus train street table pizza plate bed room kitchen tree field grass "
-    "beach water sky snow ball game player baseball tennis bike motorcycle horse sheep cow bird plane boat sign "
-    "red white black blue green small large two three sitting standing walking riding holding eating looking "
-    "on in of with at next to near the an and is are some front top while"
-).split()
-
-
-def synthetic_coco(n_images: int, captions_per_image: int, dim: int, seed: int = 0, val_images: int = 0):
-    rng = np.random.default_rng(seed)
-    iv = rng.standard_normal((n_images, dim), dtype=np.float32)
-    iv /= np.linalg.norm(iv, axis=1, keepdims=True)
-    links = np.repeat(np.arange(n_images), captions_per_image)
-    # caption = its image + noise of norm ≈ 0.8, so in-batch retrieval is learnable but not trivial
-    cv = iv[links] + (0.8 / np.sqrt(dim)) * rng.standard_normal((len(links), dim), dtype=np.float32)
-    cv /= np.linalg.norm(cv, axis=1, keepdims=True)
-    # Zipf-like word use, 8-14 words a caption, like COCO captions
-    p = 1.0 / np.arange(1, len(WORDS) + 1)
-    p /= p.sum()
-    lengths = rng.integers(8, 15, len(links))
-    words = rng.choice(len(WORDS), size=int(lengths.sum()), p=p)
-    cuts = np.cumsum(lengths)[:-1]
-    texts = [" ".join(WORDS[w] for w in chunk) for chunk in np.split(words, cuts)]
-    split = np.array(["train"] * (n_images - val_images) + ["val"] * val_images)
-    return PairedVectors(
-        image_ids=[str(i) for i in range(n_images)],
-        image_vectors=iv,
-        caption_ids=[str(i) for i in range(len(links))],
-        caption_texts=texts,
-        caption_image=links,
-        caption_vectors=cv,
-        image_split=split,
-        name=f"synthetic-coco-{n_images}x{captions_per_image}-d{dim}",
-    )
 
 
 class _Stop(Exception):
@@ -88,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    data = synthetic_coco(args.images, args.captions_per_image, args.dim, val_images=args.val_images)
+    data = coco_shaped_pairs(args.images, args.captions_per_image, args.dim, val_images=args.val_images)
     n_train = (args.images - args.val_images) * args.captions_per_image
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     make_s = time.perf_counter() - t0

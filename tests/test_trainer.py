@@ -10,31 +10,11 @@ import pytest
 import torch
 from conftest import write_unsplit_vectors_dir
 
-from pyterrier_d2s.data import DataError, PairedVectors
+from pyterrier_d2s.data import DataError
+from pyterrier_d2s.data.synthetic import random_pairs
 from pyterrier_d2s.training import D2STrainer, TrainConfig
 from pyterrier_d2s.training.trainer import CHECKPOINT_NAME, _TokenRows
 from pyterrier_d2s.vocab import ids_to_csr
-
-WORDS = "dog cat man woman car bus tree beach red blue small big sitting running table pizza".split()
-
-
-def synthetic_pairs(n_images=24, captions_per_image=2, dim=8, seed=0) -> PairedVectors:
-    rng = np.random.RandomState(seed)
-    iv = rng.randn(n_images, dim).astype(np.float32)
-    iv /= np.linalg.norm(iv, axis=1, keepdims=True)
-    links = np.repeat(np.arange(n_images), captions_per_image)
-    cv = iv[links] + 0.3 * rng.randn(len(links), dim).astype(np.float32)
-    cv /= np.linalg.norm(cv, axis=1, keepdims=True)
-    texts = [" ".join(rng.choice(WORDS, 4)) for _ in links]
-    return PairedVectors(
-        image_ids=[f"i{i}" for i in range(n_images)],
-        image_vectors=iv,
-        caption_ids=[f"c{i}" for i in range(len(links))],
-        caption_texts=texts,
-        caption_image=links,
-        caption_vectors=cv.astype(np.float32),
-        name="synthetic",
-    )
 
 
 def small_config(**over):
@@ -49,7 +29,7 @@ class Kill(Exception):
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, vocab):
     torch.set_num_threads(1)
-    data = synthetic_pairs()
+    data = random_pairs()
     full = D2STrainer(small_config(), vocab=vocab, checkpoint_dir=tmp_path / "a", progress=False).fit(data)
 
     def die(event, info):
@@ -73,7 +53,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, vocab):
 
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path, vocab):
-    data = synthetic_pairs()
+    data = random_pairs()
     D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
     with pytest.raises(ValueError, match=r"other settings \(eta 0.001 -> 0.5\)"):
         D2STrainer(small_config(epochs=1, eta=0.5), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(
@@ -82,7 +62,7 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path, vocab):
 
 
 def test_history_schedule_and_best_head(vocab):
-    data = synthetic_pairs()
+    data = random_pairs()
     res = D2STrainer(small_config(epochs=5, select_from=0.4), vocab=vocab, progress=False).fit(data)
     # p_c reaches 1 in the final epoch (the paper's text), in steps of 1/(epochs - 1)
     assert [h["p_c"] for h in res.history] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
@@ -97,19 +77,19 @@ def test_history_schedule_and_best_head(vocab):
 
 
 def test_bad_inputs_are_reported(vocab):
-    data = synthetic_pairs()
+    data = random_pairs()
     data.caption_vectors[3, 0] = np.nan
     with pytest.raises(DataError, match="caption 'c3' has a NaN or inf vector"):
         D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
-    data = synthetic_pairs()
+    data = random_pairs()
     data.caption_vectors = data.caption_vectors[:, :5]
     with pytest.raises(DataError, match="dimension mismatch"):
         D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
-    data = synthetic_pairs()
+    data = random_pairs()
     data.caption_image[5] = 99
     with pytest.raises(DataError, match="caption 'c5' points to an unknown image"):
         D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
-    data = synthetic_pairs()
+    data = random_pairs()
     data.caption_texts[2] = ""
     with pytest.raises(DataError, match="caption 'c2' has empty text"):
         D2STrainer(small_config(), vocab=vocab, progress=False).fit(data)
@@ -125,17 +105,17 @@ def test_bad_inputs_are_reported(vocab):
 
 
 def test_resume_onto_other_data_of_the_same_shape_is_refused(tmp_path, vocab):
-    data = synthetic_pairs()
+    data = random_pairs()
     D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(data)
-    other = synthetic_pairs()
+    other = random_pairs()
     other.caption_vectors = other.caption_vectors[::-1].copy()  # same sizes, other pairs
     with pytest.raises(ValueError, match="other training data .same sizes, other ids, vectors or texts"):
         D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(other)
-    renamed = synthetic_pairs()
+    renamed = random_pairs()
     renamed.image_ids[0] = "another-id"
     with pytest.raises(ValueError, match="other training data"):
         D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(renamed)
-    bigger = synthetic_pairs(n_images=30)
+    bigger = random_pairs(n_images=30)
     with pytest.raises(ValueError, match="images 24 -> 30, captions 48 -> 60"):
         D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(bigger)
 
@@ -144,12 +124,12 @@ def test_corrupt_checkpoint_gives_a_hint(tmp_path, vocab):
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"\x80\x02 not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint.*delete it"):
         D2STrainer(small_config(epochs=1), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(
-            synthetic_pairs()
+            random_pairs()
         )
 
 
 def test_output_vocab_captions_restricts_the_head_to_training_caption_tokens(tmp_path, vocab):
-    data = synthetic_pairs()
+    data = random_pairs()
     res = D2STrainer(small_config(epochs=2, output_vocab="captions"), vocab=vocab, progress=False).fit(data)
     allowed = set(np.concatenate(vocab.token_ids(data.caption_texts)).tolist())
     assert res.head.output_vocab_size == len(allowed) == res.head.config.extra["output_tokens"]
@@ -166,7 +146,7 @@ def test_output_vocab_captions_restricts_the_head_to_training_caption_tokens(tmp
 
 
 def test_output_vocab_caption_words_drops_word_pieces(vocab):
-    data = synthetic_pairs()
+    data = random_pairs()
     data.caption_texts[0] = "a xylophonist dog"  # WordPiece splits the rare word into pieces
     trainer = D2STrainer(small_config(output_vocab="caption-words"), vocab=vocab, progress=False)
     own = ids_to_csr(vocab.token_ids(data.caption_texts), len(vocab))
@@ -205,12 +185,12 @@ def test_training_head_equals_the_full_head_on_its_columns(vocab):
 
 
 def test_default_recipe_follows_the_data_not_its_name(vocab):
-    a = synthetic_pairs(n_images=40)
-    b = synthetic_pairs(n_images=40, seed=5)
+    a = random_pairs(n_images=40)
+    b = random_pairs(n_images=40, seed=5)
     b.name = "coco500"
     trainer = D2STrainer(TrainConfig(), vocab=vocab, progress=False)
     assert trainer.resolve(a) == trainer.resolve(b)
-    big = synthetic_pairs(n_images=640, captions_per_image=2)
+    big = random_pairs(n_images=640, captions_per_image=2)
     assert trainer.resolve(big).batch_size == 64  # 1,280 captions / 20 = 64
     # explicit values win over the recipe; recipe="paper" is the published setting
     assert D2STrainer(TrainConfig(epochs=3, lr_vocab=2e-4), vocab=vocab).resolve(a).epochs == 3
@@ -342,7 +322,7 @@ def test_token_rows_masks_equal_the_dense_own_token_matrix():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_training_equals_eager_training(vocab):
-    data = synthetic_pairs(n_images=64)  # 128 captions, batch 24: 5 full batches and a short one per epoch
+    data = random_pairs(n_images=64)  # 128 captions, batch 24: 5 full batches and a short one per epoch
     runs = {
         graph: D2STrainer(
             small_config(batch_size=24, epochs=3, cuda_graph=graph),
@@ -385,9 +365,7 @@ def test_pca_init_projects_onto_the_principal_directions():
 
 
 def test_proj_init_pca_is_recorded_and_validated(vocab):
-    res = D2STrainer(small_config(epochs=1, proj_init="pca"), vocab=vocab, progress=False).fit(
-        synthetic_pairs()
-    )
+    res = D2STrainer(small_config(epochs=1, proj_init="pca"), vocab=vocab, progress=False).fit(random_pairs())
     assert res.head.config.extra["proj_init"] == "pca"
     with pytest.raises(ValueError, match="proj_init"):
         TrainConfig(proj_init="svd")

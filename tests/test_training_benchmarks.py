@@ -1,5 +1,5 @@
-"""benchmarks/heldout_folds.py and benchmarks/phenomena.py: the planted data are what they claim, and both
-scripts run end to end with the agreed JSON."""
+"""benchmarks/heldout_folds.py and benchmarks/phenomena.py: the planted data (pyterrier_d2s.data.synthetic) are
+what they claim, and both scripts run end to end with the agreed JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pyterrier_d2s.data.synthetic import FUNCTION_WORDS, planted_pairs
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import heldout_folds  # noqa: E402
@@ -16,14 +18,14 @@ import phenomena  # noqa: E402
 
 
 def test_planted_pairs_name_only_planted_words(vocab):
-    data, planted = phenomena.planted_pairs(vocab, 40, captions_per_image=2, n_concepts=30, seed=3)
+    data, planted = planted_pairs(vocab, 40, captions_per_image=2, n_concepts=30, seed=3)
     assert len(data.image_ids) == 40 and len(data) == 80
     np.testing.assert_allclose(np.linalg.norm(data.image_vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(data.caption_vectors, axis=1), 1.0, atol=1e-5)
     for text, image_row in zip(data.caption_texts, data.caption_image, strict=True):
         words = text.split()
         content = set(words[1::2])
-        assert set(words[0::2]) <= set(phenomena.FUNCTION_WORDS)
+        assert set(words[0::2]) <= set(FUNCTION_WORDS)
         assert len(content) == 3 and content <= set(planted[image_row])
         # every planted word is one WordPiece token, so it can be an output term as it is
         assert all(len(vocab.token_ids([w])[0]) == 1 for w in content)
@@ -55,7 +57,7 @@ class _OracleHead:
 
 
 def test_recovery_of_an_oracle_and_of_a_wrong_head(vocab):
-    data, planted = phenomena.planted_pairs(vocab, 12, n_concepts=20, seed=1)
+    data, planted = planted_pairs(vocab, 12, n_concepts=20, seed=1)
     assert phenomena.recovery(_OracleHead(vocab, planted), data, planted) == 1.0
     shifted = planted[1:] + planted[:1]  # another image's words: overlap only by chance
     assert phenomena.recovery(_OracleHead(vocab, shifted), data, planted) < 0.5

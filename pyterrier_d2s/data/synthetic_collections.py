@@ -1,4 +1,4 @@
-"""Synthetic collections with the sparsity of a trained D2S head, shared by the retrieval benchmarks.
+"""Synthetic sparse collections with the sparsity of a trained D2S head, for the retrieval latency benchmarks.
 
 A collection has ``n_docs`` documents and ``n_queries`` queries over ``N_TERMS`` terms whose popularity is
 Zipf-like; every vector activates term k independently with probability ``p_k = min(1, c * pi_k)``, with the
@@ -7,7 +7,8 @@ per-vector non-zeros tuned so that FLOPs (mean number of co-activated terms per 
 look like a ``log(1 + relu)`` head: ``log1p(Gamma(0.7, 2))`` clipped to [1e-4, 4]. Each query also has an
 "unexpanded" version: a random 8-12 of its terms (standing for the caption's own tokens).
 
-Term names are shuffled so that popularity is unrelated to lexicographic order.
+Term names are shuffled so that popularity is unrelated to lexicographic order. Only numpy and scipy are
+needed (no index, no head), so the index tests and benchmarks can use it from below every other layer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-logger = logging.getLogger("synthetic")
+from ..measures import flops
+
+__all__ = [
+    "N_TERMS",
+    "ZIPF_EXPONENT",
+    "Collection",
+    "inclusion_probs",
+    "make_collection",
+    "nnz_for_flops",
+    "sample_matrix",
+    "to_dicts",
+    "unexpanded",
+]
+
+logger = logging.getLogger(__name__)
 
 N_TERMS = 30_000
 ZIPF_EXPONENT = 1.0
@@ -57,13 +72,6 @@ def sample_matrix(rng: np.random.Generator, rows: int, p: np.ndarray) -> sp.csr_
     indices = np.concatenate(cols).astype(np.int32)
     data = np.log1p(rng.gamma(0.7, 2.0, size=len(indices))).clip(1e-4, 4.0).astype(np.float32)
     return sp.csc_matrix((data, indices, indptr), shape=(rows, len(p))).tocsr()
-
-
-def achieved_flops(docs: sp.csr_matrix, queries: sp.csr_matrix) -> float:
-    """FLOPs of a query set against a document set."""
-    n_d = np.bincount(docs.indices, minlength=docs.shape[1]).astype(np.float64)
-    n_q = np.bincount(queries.indices, minlength=queries.shape[1]).astype(np.float64)
-    return float(n_q @ n_d / (docs.shape[0] * queries.shape[0]))
 
 
 def to_dicts(m: sp.csr_matrix, terms: np.ndarray) -> list[dict[str, float]]:
@@ -111,8 +119,8 @@ def make_collection(flops_target: float, n_docs: int, n_queries: int, seed: int 
     p = inclusion_probs(nnz, zipf)
     docs = sample_matrix(rng, n_docs, p)
     qmat = sample_matrix(rng, n_queries, p)
-    flops = achieved_flops(docs, qmat)
-    logger.info("FLOPs target %.0f: %.1f nnz/vector, achieved FLOPs %.2f", flops_target, nnz, flops)
+    achieved = flops(qmat, docs)
+    logger.info("FLOPs target %.0f: %.1f nnz/vector, achieved FLOPs %.2f", flops_target, nnz, achieved)
     expanded = to_dicts(qmat, terms)
     return Collection(
         flops_target=flops_target,
@@ -124,5 +132,5 @@ def make_collection(flops_target: float, n_docs: int, n_queries: int, seed: int 
         expanded=expanded,
         short=unexpanded(rng, expanded),
         nnz_per_vector=nnz,
-        flops=flops,
+        flops=achieved,
     )
