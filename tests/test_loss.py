@@ -7,10 +7,10 @@ from pyterrier_d2s.training.loss import (
     D2SLoss,
     distillation_ce,
     l1_norm,
-    l1_warmup_factor,
     sparse_scores,
     teacher_scores,
 )
+from pyterrier_d2s.training.schedule import l1_warmup_factor
 
 
 def softmax(xs):

@@ -13,7 +13,8 @@ from conftest import write_unsplit_vectors_dir
 from pyterrier_d2s.data import DataError
 from pyterrier_d2s.data.synthetic import random_pairs
 from pyterrier_d2s.training import D2STrainer, TrainConfig
-from pyterrier_d2s.training.trainer import CHECKPOINT_NAME, _TokenRows
+from pyterrier_d2s.training.checkpoint import CHECKPOINT_NAME
+from pyterrier_d2s.training.compact_head import TokenRows
 from pyterrier_d2s.vocab import ids_to_csr
 
 
@@ -162,7 +163,7 @@ def test_output_vocab_caption_words_drops_word_pieces(vocab):
 
 def test_training_head_equals_the_full_head_on_its_columns(vocab):
     """The compact head used for training computes exactly the full head's weights on its columns."""
-    from pyterrier_d2s.training.trainer import _TrainingHead
+    from pyterrier_d2s.training.compact_head import TrainingHead
 
     trainer = D2STrainer(small_config(), vocab=vocab, progress=False)
     head = trainer.new_head(8)
@@ -171,7 +172,7 @@ def test_training_head_equals_the_full_head_on_its_columns(vocab):
     columns = np.sort(
         np.random.default_rng(1).choice(np.flatnonzero(~vocab.special_mask), 300, replace=False)
     )
-    compact = _TrainingHead(head, columns)
+    compact = TrainingHead(head, columns)
     z = torch.randn(7, 8)
     torch.testing.assert_close(compact(z), head(z)[:, torch.from_numpy(columns)])
     # trained weights go back into the full head's rows; other rows are untouched
@@ -315,7 +316,7 @@ def test_token_rows_masks_equal_the_dense_own_token_matrix():
     token_ids = [rng.choice(50, size=rng.integers(0, 9), replace=False) for _ in range(40)]
     own = ids_to_csr(token_ids, 50)
     rows = torch.tensor([5, 0, 39, 5, 17])
-    mask = _TokenRows(own, torch.device("cpu")).mask(rows)
+    mask = TokenRows(own, torch.device("cpu")).mask(rows)
     assert mask.shape == (5, 50)
     np.testing.assert_array_equal(mask.numpy(), (own[rows.numpy()].toarray() > 0).astype(np.float32))
 
@@ -344,7 +345,7 @@ def test_cuda_graph_training_equals_eager_training(vocab):
 
 
 def test_pca_init_projects_onto_the_principal_directions():
-    from pyterrier_d2s.training.trainer import pca_init_
+    from pyterrier_d2s.training.compact_head import pca_init_
 
     rng = np.random.default_rng(0)
     # 3 directions of decreasing spread in 6-d, plus an offset

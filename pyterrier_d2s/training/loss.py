@@ -3,7 +3,7 @@
 ``L = (1 - λ)·(ℓ(I→C) + ℓ(C→I)) + λ·η·(L1(s_I) + L1(s_C))`` where ``ℓ(A→B)`` is the cross-entropy (log base 2,
 as the paper writes it) of the student distribution ``softmax_b(s_A · s_B)`` against the teacher distribution
 ``softmax_b(z_A · z_B / τ)`` over the in-batch candidates, averaged over the batch; the teacher carries no
-gradient. ``L1(s) = ||s||_1`` averaged over the batch.
+gradient. ``L1(s) = ||s||_1`` averaged over the batch. The L1 weight's warm-up is in :mod:`.schedule`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ __all__ = [
     "sparse_scores",
     "teacher_scores",
     "l1_norm",
-    "l1_warmup_factor",
     "flops_norm",
     "REGULARISERS",
 ]
@@ -76,13 +75,6 @@ def l1_norm(s: torch.Tensor) -> torch.Tensor:
     Summed in float32 without an ``abs``/float copy of the B x |V| matrix (two passes less per step).
     """
     return s.sum(dim=1, dtype=torch.float32).mean()
-
-
-def l1_warmup_factor(step: int, warmup_steps: int) -> float:
-    """Quadratic warm-up of the L1 weight: ``min(1, step/T)^2`` (the published code's schedule)."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, step / warmup_steps) ** 2
 
 
 def flops_norm(s: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,118 @@
+"""TrainConfig: the hyper-parameters of a D2S training run, checked when it is made.
+
+``None`` fields are set by the recipe from the training data (:mod:`pyterrier_d2s.training.recipe`) in
+:meth:`TrainConfig.resolved`; an explicit value overrides the recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .expansion import EXPANSION_MODES, ExpansionControl
+from .loss import D2SLoss
+from .recipe import RECIPES, TrainingSetShape, recipe_for
+
+__all__ = ["OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
+
+# options a recipe sets when the config leaves them at None
+RECIPE_KEYS = ("epochs", "batch_size", "lr_proj", "lr_vocab", "warmup_ratio", "output_vocab", "select_from")
+OUTPUT_VOCABS = ("all", "captions", "caption-words")
+PROJ_INITS = ("default", "pca")
+
+# fields that must be finite numbers when they are set
+_FINITE_FIELDS = ("eta", "lam", "tau", "lr_proj", "lr_vocab", "lr_vocab_bias", "warmup_ratio", "select_from")
+# (field, test, requirement): a set value must pass the test, or "<field> must be <requirement>, not <value>"
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("lr_proj", lambda v: v >= 0, ">= 0"),
+    ("lr_vocab", lambda v: v >= 0, ">= 0"),
+    ("lr_vocab_bias", lambda v: v >= 0, ">= 0"),
+    ("warmup_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("epochs", lambda v: v >= 1, ">= 1"),
+    ("batch_size", lambda v: v >= 2, ">= 2"),
+)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, not {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters. ``None`` fields are set by the recipe from the training data (see
+    :mod:`pyterrier_d2s.training.recipe`); an explicit value overrides the recipe.
+
+    ``lam`` is λ and ``eta`` is η of Eq. 7; λ = 0.5 makes Eq. 7 the published script's
+    ``(ℓ(I→C) + ℓ(C→I))/2 + η·(L1(s_I) + L1(s_C))/2``.
+
+    ``output_vocab``: ``"all"`` (the paper: every non-special WordPiece token), ``"captions"`` (only tokens
+    of the training captions: the head cannot drift onto words no caption uses, and a step projects onto a
+    few thousand rows instead of 30,522) or ``"caption-words"`` (those without ``##`` word pieces). ``select_from``: the best epoch (by validation MRR) is chosen among
+    the epochs from this share of the run on, so that an early, not yet sparse head is never picked.
+    ``caption_draw`` / ``own_terms``: see :class:`ExpansionControl`.
+    """
+
+    exp: str = "c+w"
+    eta: float = 1e-3
+    lam: float = 0.5
+    tau: float = 1e-3
+    recipe: str = "auto"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr_proj: float | None = None  # W1
+    lr_vocab: float | None = None  # LayerNorm + W2 (initialised from vocabulary embeddings)
+    lr_vocab_bias: float | None = None  # W2's bias (starts at zero, not pre-trained); None: lr_vocab
+    warmup_ratio: float | None = None  # linear LR warm-up over this share of the steps, then linear decay
+    l1_warmup: bool = True  # quadratic warm-up of the L1 weight over the same steps
+    output_vocab: str | None = None
+    select_from: float | None = None
+    caption_draw: str = "batch"
+    own_terms: str = "keep"
+    hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
+    init: str = "embeddings"
+    proj_init: str = "default"  # W1: torch's default, or "pca" (the training vectors' principal directions)
+    regulariser: str = "l1"  # Eq. 7's L1, or "flops" (SPLADE's FLOPS regulariser; not the paper's)
+    seed: int = 42
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    cuda_graph: bool = True  # replay the training step as a CUDA graph (CUDA only; same maths, ~3x faster)
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        # the checks run in this order, so a config with several bad values names the same one as before
+        _check_choice("exp", self.exp, EXPANSION_MODES)
+        _check_choice("recipe", self.recipe, RECIPES)
+        self._check_finite()
+        D2SLoss(self.tau, self.lam, self.eta, self.regulariser)  # validates tau, lam, eta, regulariser
+        self._check_ranges()
+        if self.output_vocab is not None:
+            _check_choice("output_vocab", self.output_vocab, OUTPUT_VOCABS)
+        if self.select_from is not None and not 0.0 <= self.select_from < 1.0:
+            raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
+        ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
+        _check_choice("proj_init", self.proj_init, PROJ_INITS)
+
+    def _check_finite(self) -> None:
+        for name in _FINITE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
+
+    def _check_ranges(self) -> None:
+        for name, ok, requirement in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name} must be {requirement}, not {value}")
+
+    def resolved(self, shape: TrainingSetShape) -> TrainConfig:
+        """A copy with every ``None`` recipe field set from ``recipe`` for a training set of ``shape``."""
+        chosen = recipe_for(self.recipe, shape)
+        return replace(self, **{k: chosen[k] for k in RECIPE_KEYS if getattr(self, k) is None})
+
+    def recipe_values(self) -> dict[str, Any]:
+        """The values of the recipe fields (after :meth:`resolved`), as recorded in reports and configs."""
+        return {"recipe": self.recipe, **{k: getattr(self, k) for k in RECIPE_KEYS}}
