@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -370,3 +371,37 @@ def test_proj_init_pca_is_recorded_and_validated(vocab):
     assert res.head.config.extra["proj_init"] == "pca"
     with pytest.raises(ValueError, match="proj_init"):
         TrainConfig(proj_init="svd")
+
+
+def test_checkpoint_format_and_training_state_round_trip(tmp_path, vocab):
+    from pyterrier_d2s.training.checkpoint import TrainingState
+
+    res = D2STrainer(small_config(epochs=2), vocab=vocab, checkpoint_dir=tmp_path, progress=False).fit(
+        random_pairs()
+    )
+    ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    # the checkpoint format of the releases before the trainer was split: the same keys, so old runs resume
+    assert set(ckpt) == {
+        "epoch",
+        "head",
+        "optimizer",
+        "generator",
+        "mask_generator",
+        "best_score",
+        "best_epoch",
+        "best_state",
+        "history",
+        "config",
+        "fingerprint",
+    }
+    assert ckpt["epoch"] == 2 and ckpt["history"] == res.history and ckpt["best_epoch"] == res.best_epoch
+    assert ckpt["config"] == dataclasses.asdict(res.config)
+    head = torch.nn.Linear(1, 1)
+    head.load_state_dict = lambda sd: None  # the state's own fields are what this checks
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    optimizer.load_state_dict = lambda sd: None
+    generator, mask_generator = torch.Generator(), torch.Generator()
+    state = TrainingState.restore(ckpt, head, optimizer, generator, mask_generator)
+    assert (state.epoch, state.best_score, state.best_epoch) == (2, ckpt["best_score"], res.best_epoch)
+    assert torch.equal(generator.get_state(), ckpt["generator"])
+    assert state.history == res.history and state.best_state.keys() == ckpt["best_state"].keys()
