@@ -69,6 +69,18 @@ class PairedVectors:
 
     def validate(self) -> PairedVectors:
         """Check shapes, finiteness, ids and texts; raise :class:`DataError` naming the first bad item."""
+        self._check_shapes()
+        self._check_unique_ids()
+        self._check_finite()
+        self._check_links()
+        self._check_texts()
+        if self.image_split is not None and len(self.image_split) != len(self.image_ids):
+            raise DataError(
+                f"{self.name}: {len(self.image_split)} split labels for {len(self.image_ids)} images"
+            )
+        return self
+
+    def _check_shapes(self) -> None:
         iv, cv = self.image_vectors, self.caption_vectors
         if iv.ndim != 2 or cv.ndim != 2:
             raise DataError(
@@ -87,19 +99,30 @@ class PairedVectors:
                 f"{self.name}: {n_c} caption ids, {len(self.caption_texts)} texts, "
                 f"{cv.shape[0]} caption vectors and {len(self.caption_image)} image links must be equal"
             )
+
+    def _check_unique_ids(self) -> None:
         for ids, what in ((self.image_ids, "image"), (self.caption_ids, "caption")):
             if len(set(ids)) != len(ids):
                 seen: set[str] = set()
                 dup = next(i for i in ids if i in seen or seen.add(i))
                 raise DataError(f"{self.name}: duplicate {what} id {dup!r}")
-        for vecs, ids, what in ((iv, self.image_ids, "image"), (cv, self.caption_ids, "caption")):
+
+    def _check_finite(self) -> None:
+        for vecs, ids, what in (
+            (self.image_vectors, self.image_ids, "image"),
+            (self.caption_vectors, self.caption_ids, "caption"),
+        ):
             bad = ~np.isfinite(vecs).all(axis=1)
             if bad.any():
                 raise DataError(f"{self.name}: {what} {ids[int(np.argmax(bad))]!r} has a NaN or inf vector")
-        bad_link = (self.caption_image < 0) | (self.caption_image >= iv.shape[0])
+
+    def _check_links(self) -> None:
+        bad_link = (self.caption_image < 0) | (self.caption_image >= len(self.image_ids))
         if bad_link.any():
             i = int(np.argmax(bad_link))
             raise DataError(f"{self.name}: caption {self.caption_ids[i]!r} points to an unknown image")
+
+    def _check_texts(self) -> None:
         for cid, text in zip(self.caption_ids, self.caption_texts, strict=True):
             if not isinstance(text, str):
                 raise DataError(
@@ -107,9 +130,6 @@ class PairedVectors:
                 )
             if not text.strip():
                 raise DataError(f"{self.name}: caption {cid!r} has empty text")
-        if self.image_split is not None and len(self.image_split) != iv.shape[0]:
-            raise DataError(f"{self.name}: {len(self.image_split)} split labels for {iv.shape[0]} images")
-        return self
 
     @property
     def splits(self) -> list[str]:

@@ -79,25 +79,41 @@ def assign_split(
         DataError: fewer than 1 validation, 1 test or 2 training images would result.
         ValueError: bad fractions or fold numbers.
     """
-    n = len(data.image_ids)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
+    order = np.random.default_rng(seed).permutation(len(data.image_ids))
     if fold is None and num_folds is None:
-        f_train, f_val, f_test = (float(f) for f in fractions)
-        if min(f_train, f_val, f_test) < 0 or abs(f_train + f_val + f_test - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {tuple(fractions)}")
-        n_test = max(1, int(round(n * f_test)))
-        n_val = max(1, int(round(n * f_val)))
-        if n - n_test - n_val < 2:
-            raise _too_few(data, "a train/val/test split")
-        how = {"seed": int(seed), "fractions": {"train": f_train, "val": f_val, "test": f_test}}
-        return _labelled(data, order[:n_test], order[n_test : n_test + n_val], how)
+        return _fraction_split(data, order, seed, fractions)
     if fold is None or num_folds is None:
         raise ValueError("give both fold and num_folds (--fold and --num-folds), or neither")
+    return _fold_split(data, order, seed, fold, num_folds)
+
+
+def _fraction_split(
+    data: PairedVectors, order: np.ndarray, seed: int, fractions: tuple[float, float, float]
+) -> PairedVectors:
+    """:func:`assign_split` without folds: the first ``round(n * test)`` of ``order`` test, the next
+    ``round(n * val)`` validation."""
+    n = len(order)
+    f_train, f_val, f_test = (float(f) for f in fractions)
+    if min(f_train, f_val, f_test) < 0 or abs(f_train + f_val + f_test - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {tuple(fractions)}")
+    n_test = max(1, int(round(n * f_test)))
+    n_val = max(1, int(round(n * f_val)))
+    if n - n_test - n_val < 2:
+        raise _too_few(data, "a train/val/test split")
+    how = {"seed": int(seed), "fractions": {"train": f_train, "val": f_val, "test": f_test}}
+    return _labelled(data, order[:n_test], order[n_test : n_test + n_val], how)
+
+
+def _fold_split(
+    data: PairedVectors, order: np.ndarray, seed: int, fold: int, num_folds: int
+) -> PairedVectors:
+    """:func:`assign_split` with ``fold`` of ``num_folds``: that fold of ``order`` test, a seeded 1/8 of the
+    rest validation."""
     if num_folds < 2 or not 0 <= fold < num_folds:
         raise ValueError(
             f"fold must be in 0..num_folds-1 with num_folds >= 2, got fold {fold} of {num_folds}"
         )
+    n = len(order)
     if n < num_folds:
         raise DataError(f"{data.name}: {n} images cannot make {num_folds} folds of at least 1 test image")
     folds = np.array_split(order, num_folds)
@@ -176,15 +192,18 @@ def apply_split(data: PairedVectors, description: dict) -> PairedVectors:
     if not description.get("held_out", "test" in description):
         return without_split(data)
     row_of = {iid: r for r, iid in enumerate(data.image_ids)}
-    rows = {}
-    for split in ("test", "val"):
-        ids = [str(i) for i in description.get(split, [])]
-        missing = next((i for i in ids if i not in row_of), None)
-        if missing is not None:
-            raise DataError(f"{data.name}: the split's {split} image {missing!r} is not in the data")
-        rows[split] = np.array([row_of[i] for i in ids], dtype=np.int64)
+    rows = {split: _rows_of(data, row_of, split, description.get(split, [])) for split in ("test", "val")}
     how = {k: description[k] for k in ("seed", "fractions", "fold", "num_folds") if k in description}
     return _labelled(data, rows["test"], rows["val"], how)
+
+
+def _rows_of(data: PairedVectors, row_of: dict[str, int], split: str, ids: list) -> np.ndarray:
+    """Rows in ``data`` of a description's ``split`` image ``ids``; a DataError names the first missing one."""
+    ids = [str(i) for i in ids]
+    missing = next((i for i in ids if i not in row_of), None)
+    if missing is not None:
+        raise DataError(f"{data.name}: the split's {split} image {missing!r} is not in the data")
+    return np.array([row_of[i] for i in ids], dtype=np.int64)
 
 
 def save_split(data_or_description: PairedVectors | dict, directory: str | os.PathLike) -> Path:

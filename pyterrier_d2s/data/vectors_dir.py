@@ -58,28 +58,13 @@ def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> P
     images = read_jsonl(files["images.jsonl"])
     captions = read_jsonl(files["captions.jsonl"])
     image_ids = [_require(r, "image_id", files["images.jsonl"], n) for n, r in enumerate(images, 1)]
-    row_of = {iid: i for i, iid in enumerate(image_ids)}
-    caption_ids, texts, links = [], [], []
-    for n, r in enumerate(captions, 1):
-        cid = _require(r, "caption_id", files["captions.jsonl"], n)
-        iid = _require(r, "image_id", files["captions.jsonl"], n)
-        if iid not in row_of:
-            raise DataError(f"{files['captions.jsonl']}:{n}: caption {cid!r} points to unknown image {iid!r}")
-        caption_ids.append(cid)
-        texts.append(r.get("caption", ""))
-        links.append(row_of[iid])
+    caption_ids, texts, links = _caption_columns(files["captions.jsonl"], captions, image_ids)
     has_split = any("split" in r for r in images)
     split = np.array([str(r.get("split", "")) for r in images]) if has_split else None
     iv = _load_vectors(files["image_vectors.npy"])
     cv = _load_vectors(files["caption_vectors.npy"])
-    if len(image_ids) != len(iv):
-        raise DataError(
-            f"{d}: images.jsonl has {len(image_ids)} lines but image_vectors.npy has {len(iv)} rows"
-        )
-    if len(caption_ids) != len(cv):
-        raise DataError(
-            f"{d}: captions.jsonl has {len(caption_ids)} lines but caption_vectors.npy has {len(cv)} rows"
-        )
+    _check_rows(d, "images.jsonl", len(image_ids), "image_vectors.npy", len(iv))
+    _check_rows(d, "captions.jsonl", len(caption_ids), "caption_vectors.npy", len(cv))
     return PairedVectors(
         image_ids=image_ids,
         image_vectors=np.ascontiguousarray(iv, dtype=np.float32),
@@ -91,6 +76,29 @@ def read_vectors_dir(directory: str | os.PathLike, name: str | None = None) -> P
         name=name or str(d),
         meta=_meta(d, images),
     ).validate()
+
+
+def _caption_columns(
+    path: Path, captions: list[dict], image_ids: list[str]
+) -> tuple[list[str], list, list[int]]:
+    """(caption ids, texts, image rows) of the lines of ``captions.jsonl``; every caption's image must be
+    listed."""
+    row_of = {iid: i for i, iid in enumerate(image_ids)}
+    caption_ids, texts, links = [], [], []
+    for n, r in enumerate(captions, 1):
+        cid = _require(r, "caption_id", path, n)
+        iid = _require(r, "image_id", path, n)
+        if iid not in row_of:
+            raise DataError(f"{path}:{n}: caption {cid!r} points to unknown image {iid!r}")
+        caption_ids.append(cid)
+        texts.append(r.get("caption", ""))
+        links.append(row_of[iid])
+    return caption_ids, texts, links
+
+
+def _check_rows(d: Path, lines_file: str, lines: int, vectors_file: str, rows: int) -> None:
+    if lines != rows:
+        raise DataError(f"{d}: {lines_file} has {lines} lines but {vectors_file} has {rows} rows")
 
 
 def _load_vectors(path: Path) -> np.ndarray:
