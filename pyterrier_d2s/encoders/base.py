@@ -12,7 +12,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,55 +160,87 @@ class DenseEncoder(ABC):
         on_error: str = "raise",
     ) -> ImageVectors:
         """Like :meth:`encode_images`, returning which ids were encoded and which were skipped (and why)."""
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
-        if len(ids) != len(images):
-            raise ValueError(f"{len(images)} images but {len(ids)} ids")
+        ids = _checked_ids(images, ids, on_error)
         kept_ids: list[str] = []
         skipped: dict[str, str] = {}
         blocks = []
         starts = range(0, len(images), self.batch_size)
-
-        def load(start: int) -> list:
-            # Decoding is most of the CPU work; PIL releases the GIL while decoding, so threads overlap it.
-            # Failures come back as values so that one bad image does not lose the rest of its batch.
-            def one(k: int):
-                try:
-                    return load_image(images[k], ids[k])
-                except ImageError as e:
-                    return e
-
-            return list(pool.map(one, range(start, min(start + self.batch_size, len(images)))))
-
         with (
             ThreadPoolExecutor(self.num_workers) as pool,
             self._bar(len(images), f"{self.name} images") as bar,
         ):
+
+            def decode(n: int) -> Future | None:
+                """Start decoding batch ``n`` (none past the last)."""
+                return (
+                    pool.submit(self._decode_batch, pool, images, ids, starts[n]) if n < len(starts) else None
+                )
+
             # The next batch is decoded while the model runs on this one.
-            pending = pool.submit(load, starts[0]) if starts else None
+            pending = decode(0)
             for n, start in enumerate(starts):
                 loaded = pending.result()
-                pending = pool.submit(load, starts[n + 1]) if n + 1 < len(starts) else None
-                batch, batch_ids = [], []
-                for k, item in enumerate(loaded):
-                    if isinstance(item, ImageError):
-                        if on_error == "raise":
-                            if pending is not None:
-                                pending.cancel()
-                            raise item
-                        skipped[ids[start + k]] = str(item)
-                    else:
-                        batch.append(item)
-                        batch_ids.append(ids[start + k])
+                pending = decode(n + 1)
+                try:
+                    batch, batch_ids = _readable(loaded, ids[start : start + len(loaded)], on_error, skipped)
+                except ImageError:
+                    if pending is not None:
+                        pending.cancel()
+                    raise
                 if batch:
                     blocks.append(self._run(self._image_batch, batch))
                     kept_ids.extend(batch_ids)
                 bar.update(len(loaded))
-        if skipped:
-            shown = ", ".join(repr(i) for i in list(skipped)[:10]) + (" ..." if len(skipped) > 10 else "")
-            logger.warning("skipped %d unreadable image(s): %s", len(skipped), shown)
-            for message in skipped.values():
-                logger.debug("skipped %s", message)
+        _log_skipped(skipped)
         vectors = np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
         return ImageVectors(ids=kept_ids, vectors=vectors, skipped=skipped)
+
+    def _decode_batch(
+        self, pool: ThreadPoolExecutor, images: Sequence[ImageInput], ids: list[str], start: int
+    ) -> list:
+        """The decoded images of the batch at ``start``, an :class:`ImageError` in place of each unreadable one.
+
+        Decoding is most of the CPU work; PIL releases the GIL while decoding, so threads overlap it.
+        Failures come back as values so that one bad image does not lose the rest of its batch.
+        """
+
+        def one(k: int):
+            try:
+                return load_image(images[k], ids[k])
+            except ImageError as e:
+                return e
+
+        return list(pool.map(one, range(start, min(start + self.batch_size, len(images)))))
+
+
+def _checked_ids(images: Sequence[ImageInput], ids: Sequence[str] | None, on_error: str) -> list[str]:
+    """The images' ids as strings (default: their positions), checked against ``images`` and ``on_error``."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(images):
+        raise ValueError(f"{len(images)} images but {len(ids)} ids")
+    return ids
+
+
+def _readable(loaded: list, ids: list[str], on_error: str, skipped: dict[str, str]) -> tuple[list, list[str]]:
+    """The readable images of a decoded batch and their ids; an unreadable one is raised (``on_error="raise"``)
+    or recorded in ``skipped``."""
+    batch, batch_ids = [], []
+    for image_id, item in zip(ids, loaded, strict=True):
+        if isinstance(item, ImageError):
+            if on_error == "raise":
+                raise item
+            skipped[image_id] = str(item)
+        else:
+            batch.append(item)
+            batch_ids.append(image_id)
+    return batch, batch_ids
+
+
+def _log_skipped(skipped: dict[str, str]) -> None:
+    if skipped:
+        shown = ", ".join(repr(i) for i in list(skipped)[:10]) + (" ..." if len(skipped) > 10 else "")
+        logger.warning("skipped %d unreadable image(s): %s", len(skipped), shown)
+        for message in skipped.values():
+            logger.debug("skipped %s", message)

@@ -183,82 +183,22 @@ def encode_vectors_dir(
     """
     started = time.perf_counter()
     out = Path(out)
-    work = out / WORK_DIR
-    if overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-        for name in FINAL_FILES:
-            (out / name).unlink(missing_ok=True)
-    elif not work.exists() and (out / "image_vectors.npy").exists():
-        raise FileExistsError(f"{out} already holds encoded vectors; pass overwrite to encode again")
-    work.mkdir(parents=True, exist_ok=True)
-
-    state_path = work / "state.json"
-    state = {"encoder": encoder.name, "dim": encoder.dim}
-    if state_path.exists():
-        previous = json.loads(state_path.read_text(encoding="utf-8"))
-        if previous != state:
-            raise DataError(
-                f"{out}: an unfinished run with {previous} is there, not {state}; resume it with the same "
-                "encoder or pass overwrite"
-            )
-    else:
-        _write_atomic(state_path, lambda f: f.write(json.dumps(state).encode("utf-8")))
-
+    work = _open_work_dir(out, encoder, overwrite)
     summary = EncodeSummary(out=str(out), encoder=encoder.name, dim=encoder.dim)
     image_log, caption_log = _ChunkLog(work, "images"), _ChunkLog(work, "captions")
+    run = _ChunkedEncoding(encoder, summary, chunk_size, on_error, progress, on_chunk)
     was_progress = encoder.progress
     encoder.progress = False  # one bar per kind here, not one per chunk inside the encoder
     try:
-        done = image_log.done()
-        todo = [item for item in images if item.image_id not in done]
-        summary.resumed_images = len(images) - len(todo)
-        if summary.resumed_images:
-            logger.info("resuming: %d of %d images already encoded", summary.resumed_images, len(images))
-        with tqdm(
-            total=len(images), initial=summary.resumed_images, desc="images", disable=not progress
-        ) as bar:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start : start + chunk_size]
-                result = encoder.encode_images_with_ids(
-                    [c.path for c in chunk], [c.image_id for c in chunk], on_error=on_error
-                )
-                image_log.commit(result.ids, result.vectors, result.skipped)
-                summary.encoded_images += len(result.ids)
-                bar.update(len(chunk))
-                if on_chunk is not None:
-                    on_chunk("images", summary.resumed_images + start + len(chunk), len(images))
-
+        run.images(images, image_log)
         skipped = image_log.skipped()
         kept_captions = [c for c in captions if c["image_id"] not in skipped]
         summary.dropped_captions = len(captions) - len(kept_captions)
-        done = caption_log.done()
-        todo_c = [c for c in kept_captions if c["caption_id"] not in done]
-        summary.resumed_captions = len(kept_captions) - len(todo_c)
-        with tqdm(
-            total=len(kept_captions), initial=summary.resumed_captions, desc="captions", disable=not progress
-        ) as bar:
-            for start in range(0, len(todo_c), chunk_size):
-                chunk = todo_c[start : start + chunk_size]
-                vectors = encoder.encode_text([c["caption"] for c in chunk])
-                caption_log.commit([c["caption_id"] for c in chunk], vectors)
-                summary.encoded_captions += len(chunk)
-                bar.update(len(chunk))
-                if on_chunk is not None:
-                    on_chunk("captions", summary.resumed_captions + start + len(chunk), len(kept_captions))
+        run.captions(kept_captions, caption_log)
     finally:
         encoder.progress = was_progress
-
-    # Consolidate, in input order. Every final file is written atomically and the work directory goes last,
-    # so a kill here leaves a run that simply consolidates again.
     kept_images = [item for item in images if item.image_id not in skipped]
-    image_log.vectors_in_order([i.image_id for i in kept_images], out / "image_vectors.npy", encoder.dim)
-    _write_jsonl(out / "images.jsonl", [i.record for i in kept_images])
-    caption_log.vectors_in_order(
-        [c["caption_id"] for c in kept_captions], out / "caption_vectors.npy", encoder.dim
-    )
-    _write_jsonl(out / "captions.jsonl", list(kept_captions))
-    meta = {"dense_encoder": encoder.name, "dim": encoder.dim, "skipped_images": skipped}
-    _write_atomic(out / "encoder.json", lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
+    _consolidate(out, encoder, kept_images, kept_captions, skipped, image_log, caption_log)
     shutil.rmtree(work)
 
     summary.images, summary.captions = len(kept_images), len(kept_captions)
@@ -272,3 +212,105 @@ def encode_vectors_dir(
         )
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _open_work_dir(out: Path, encoder: DenseEncoder, overwrite: bool) -> Path:
+    """The work directory of ``out``: emptied with ``overwrite``, else an unfinished run's (which must be
+    of the same encoder) or a new one.
+
+    Raises:
+        FileExistsError: ``out`` is a finished vectors directory and ``overwrite`` is not set.
+        DataError: an unfinished run of another encoder (or dimension) is there.
+    """
+    work = out / WORK_DIR
+    if overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+        for name in FINAL_FILES:
+            (out / name).unlink(missing_ok=True)
+    elif not work.exists() and (out / "image_vectors.npy").exists():
+        raise FileExistsError(f"{out} already holds encoded vectors; pass overwrite to encode again")
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.json"
+    state = {"encoder": encoder.name, "dim": encoder.dim}
+    if state_path.exists():
+        previous = json.loads(state_path.read_text(encoding="utf-8"))
+        if previous != state:
+            raise DataError(
+                f"{out}: an unfinished run with {previous} is there, not {state}; resume it with the same "
+                "encoder or pass overwrite"
+            )
+    else:
+        _write_atomic(state_path, lambda f: f.write(json.dumps(state).encode("utf-8")))
+    return work
+
+
+@dataclass
+class _ChunkedEncoding:
+    """Encodes what a log has not recorded yet, chunk by chunk, committing each chunk to the log."""
+
+    encoder: DenseEncoder
+    summary: EncodeSummary
+    chunk_size: int
+    on_error: str
+    progress: bool
+    on_chunk: Callable[[str, int, int], None] | None
+
+    def images(self, images: Sequence[ImageItem], log: _ChunkLog) -> None:
+        """Encode the ``images`` that ``log`` has not recorded; unreadable ones as ``on_error`` says."""
+        done = log.done()
+        todo = [item for item in images if item.image_id not in done]
+        resumed = self.summary.resumed_images = len(images) - len(todo)
+        if resumed:
+            logger.info("resuming: %d of %d images already encoded", resumed, len(images))
+        with tqdm(total=len(images), initial=resumed, desc="images", disable=not self.progress) as bar:
+            for start in range(0, len(todo), self.chunk_size):
+                chunk = todo[start : start + self.chunk_size]
+                result = self.encoder.encode_images_with_ids(
+                    [c.path for c in chunk], [c.image_id for c in chunk], on_error=self.on_error
+                )
+                log.commit(result.ids, result.vectors, result.skipped)
+                self.summary.encoded_images += len(result.ids)
+                bar.update(len(chunk))
+                self._report("images", resumed + start + len(chunk), len(images))
+
+    def captions(self, captions: list[dict], log: _ChunkLog) -> None:
+        """Encode the texts of the ``captions`` that ``log`` has not recorded."""
+        done = log.done()
+        todo = [c for c in captions if c["caption_id"] not in done]
+        resumed = self.summary.resumed_captions = len(captions) - len(todo)
+        with tqdm(total=len(captions), initial=resumed, desc="captions", disable=not self.progress) as bar:
+            for start in range(0, len(todo), self.chunk_size):
+                chunk = todo[start : start + self.chunk_size]
+                vectors = self.encoder.encode_text([c["caption"] for c in chunk])
+                log.commit([c["caption_id"] for c in chunk], vectors)
+                self.summary.encoded_captions += len(chunk)
+                bar.update(len(chunk))
+                self._report("captions", resumed + start + len(chunk), len(captions))
+
+    def _report(self, kind: str, done: int, total: int) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(kind, done, total)
+
+
+def _consolidate(
+    out: Path,
+    encoder: DenseEncoder,
+    kept_images: list[ImageItem],
+    kept_captions: list[dict],
+    skipped: dict[str, str],
+    image_log: _ChunkLog,
+    caption_log: _ChunkLog,
+) -> None:
+    """Write the final files from the shards, in input order.
+
+    Every final file is written atomically and the work directory is removed only after them, so a kill
+    here leaves a run that simply consolidates again.
+    """
+    image_log.vectors_in_order([i.image_id for i in kept_images], out / "image_vectors.npy", encoder.dim)
+    _write_jsonl(out / "images.jsonl", [i.record for i in kept_images])
+    caption_log.vectors_in_order(
+        [c["caption_id"] for c in kept_captions], out / "caption_vectors.npy", encoder.dim
+    )
+    _write_jsonl(out / "captions.jsonl", list(kept_captions))
+    meta = {"dense_encoder": encoder.name, "dim": encoder.dim, "skipped_images": skipped}
+    _write_atomic(out / "encoder.json", lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))

@@ -118,28 +118,37 @@ def read_encode_inputs(
     """The images and captions ``d2s encode`` works on, checked: unique ids, every caption's image listed."""
     caption_rows, karpathy_images = read_captions(captions)
     images = Path(images)
-    if not images.exists():
-        raise DataError(f"no images at {images}")
-    if images.is_dir() and karpathy_images is not None:
-        items = [ImageItem(r["image_id"], images / r["file"], r) for r in karpathy_images]
-    elif images.is_dir():
-        items = read_image_dir(images)
-    else:
-        items = read_image_list(images)
+    items = _image_items(images, karpathy_images)
     seen: set[str] = set()
     for item in items:
         if item.image_id in seen:
             raise DataError(f"{images}: duplicate image id {item.image_id!r}")
         seen.add(item.image_id)
+    _check_captions(captions, caption_rows, seen)
+    return items, caption_rows
+
+
+def _image_items(images: Path, karpathy_images: list[dict] | None) -> list[ImageItem]:
+    """The images of a directory (a Karpathy file's, when there is one) or of a list file."""
+    if not images.exists():
+        raise DataError(f"no images at {images}")
+    if images.is_dir() and karpathy_images is not None:
+        return [ImageItem(r["image_id"], images / r["file"], r) for r in karpathy_images]
+    if images.is_dir():
+        return read_image_dir(images)
+    return read_image_list(images)
+
+
+def _check_captions(captions: str | os.PathLike, rows: list[dict], image_ids: set[str]) -> None:
+    """Unique caption ids, non-empty texts, and every caption's image among ``image_ids``."""
     caption_ids: set[str] = set()
-    for row in caption_rows:
+    for row in rows:
         if row["caption_id"] in caption_ids:
             raise DataError(f"{captions}: duplicate caption id {row['caption_id']!r}")
         caption_ids.add(row["caption_id"])
-        if row["image_id"] not in seen:
+        if row["image_id"] not in image_ids:
             raise DataError(
                 f"{captions}: caption {row['caption_id']!r} is of image {row['image_id']!r}, which is not among the images"
             )
         if not str(row["caption"]).strip():
             raise DataError(f"{captions}: caption {row['caption_id']!r} has empty text")
-    return items, caption_rows
