@@ -21,6 +21,7 @@ from pyterrier_d2s.data import (
     split_for_head,
     without_split,
 )
+from pyterrier_d2s.data.synthetic import random_pairs
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +31,7 @@ def coco():
 
 
 def pairs(n_images: int, captions_per_image: int = 2) -> PairedVectors:
-    rng = np.random.default_rng(0)
-    links = np.repeat(np.arange(n_images), captions_per_image)
-    return PairedVectors(
-        image_ids=[f"i{k}" for k in range(n_images)],
-        image_vectors=rng.standard_normal((n_images, 4)),
-        caption_ids=[f"c{k}" for k in range(len(links))],
-        caption_texts=[f"caption {k}" for k in range(len(links))],
-        caption_image=links,
-        caption_vectors=rng.standard_normal((len(links), 4)),
-        name="tiny",
-    ).validate()
+    return random_pairs(n_images, captions_per_image, dim=4, name="tiny")
 
 
 def ids(data: PairedVectors, split: str) -> set[str]:

@@ -55,10 +55,11 @@ FUNCTION_WORDS = ("a", "the", "and", "on", "with", "of", "in")
 
 
 def random_pairs(
-    n_images: int = 24, captions_per_image: int = 2, dim: int = 8, seed: int = 0
+    n_images: int = 24, captions_per_image: int = 2, dim: int = 8, seed: int = 0, name: str = "synthetic"
 ) -> PairedVectors:
     """Unit image vectors, each caption its image plus noise (0.3 per coordinate), re-normalised; captions
-    are 4 random :data:`CAPTION_WORDS`. Ids ``i<k>`` / ``c<k>``, no split labels."""
+    are 4 random :data:`CAPTION_WORDS`. Ids ``i<k>`` / ``c<k>``, no split labels; ``name`` names the set
+    in error messages."""
     rng = np.random.RandomState(seed)
     iv = rng.randn(n_images, dim).astype(np.float32)
     iv /= np.linalg.norm(iv, axis=1, keepdims=True)
@@ -73,7 +74,7 @@ def random_pairs(
         caption_texts=texts,
         caption_image=links,
         caption_vectors=cv.astype(np.float32),
-        name="synthetic",
+        name=name,
     )
 
 
