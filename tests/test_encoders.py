@@ -296,6 +296,33 @@ def test_skip_mode_keeps_the_rest_of_the_batch_and_reports(blip, photos, bad_ima
     assert "'42'" in caplog.text and "skipped 1 unreadable" in caplog.text
 
 
+def test_one_decoding_thread_does_not_deadlock(blip_dir, photos, bad_image):
+    """With num_workers=1 (the default on a one-CPU machine) the prefetched batch once waited on the pool
+    thread it occupied; the vectors, skips and errors must be those of several threads."""
+    import threading
+
+    good = _paths(photos)
+    inputs, ids = [good[0], bad_image, good[1], good[2], good[0]], ["a", "42", "b", "c", "d"]
+    results = {}
+
+    def run(workers: int) -> None:
+        encoder = load_encoder(blip_dir, batch_size=2, progress=False, num_workers=workers)
+        results[workers] = encoder.encode_images_with_ids(inputs, ids=ids, on_error="skip")
+        with pytest.raises(ImageError, match="image '42'"):
+            encoder.encode_images(inputs, ids=ids)
+        results[workers, "raised"] = True
+
+    for workers in (1, 3):
+        thread = threading.Thread(target=run, args=(workers,), daemon=True)
+        thread.start()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), f"encoding with num_workers={workers} hangs"
+        assert results[workers, "raised"]
+    one, three = results[1], results[3]
+    assert one.ids == three.ids == ["a", "b", "c", "d"] and list(one.skipped) == ["42"]
+    np.testing.assert_array_equal(one.vectors, three.vectors)
+
+
 def test_lavis_missing_gives_an_install_hint():
     try:
         import lavis  # noqa: F401

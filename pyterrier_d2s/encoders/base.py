@@ -165,16 +165,19 @@ class DenseEncoder(ABC):
         skipped: dict[str, str] = {}
         blocks = []
         starts = range(0, len(images), self.batch_size)
+        # The batch being prefetched waits on its images' decoding: it runs on a thread of its own, since on
+        # one of the decoding pool's it would wait on the pool it occupies (a deadlock with num_workers=1).
         with (
             ThreadPoolExecutor(self.num_workers) as pool,
+            ThreadPoolExecutor(1) as prefetch,
             self._bar(len(images), f"{self.name} images") as bar,
         ):
 
             def decode(n: int) -> Future | None:
                 """Start decoding batch ``n`` (none past the last)."""
-                return (
-                    pool.submit(self._decode_batch, pool, images, ids, starts[n]) if n < len(starts) else None
-                )
+                if n >= len(starts):
+                    return None
+                return prefetch.submit(self._decode_batch, pool, images, ids, starts[n])
 
             # The next batch is decoded while the model runs on this one.
             pending = decode(0)
