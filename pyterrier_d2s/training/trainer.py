@@ -246,6 +246,8 @@ class D2STrainer:
     def new_head(
         self, input_dim: int, dense_encoder: str | None = None, config: TrainConfig | None = None
     ) -> D2SHead:
+        """A newly initialised full head for ``input_dim``-d vectors (W2 from the vocabulary's word embeddings
+        with ``init="embeddings"``), seeded with the config's ``seed``."""
         cfg = config or self.config
         embeddings, embeddings_from = self.embeddings, None
         if cfg.init == "embeddings" and embeddings is None:
@@ -270,8 +272,8 @@ class D2STrainer:
         return self.config.resolved(TrainingSetShape(len(train.image_ids), len(train), train.dim))
 
     def output_columns(self, cfg: TrainConfig, own_train: sp.csr_matrix) -> np.ndarray:
-        """Vocabulary ids the head may output: non-special tokens, of the training captions with
-        ``output_vocab="captions"``."""
+        """Vocabulary ids the head may output: non-special tokens; only those of the training captions with
+        ``output_vocab="captions"``, and of those only whole words (no ``##`` pieces) with ``"caption-words"``."""
         allowed = ~self.vocab.special_mask
         if cfg.output_vocab in ("captions", "caption-words"):
             allowed &= np.asarray((own_train > 0).sum(axis=0)).ravel() > 0
