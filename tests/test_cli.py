@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import write_unsplit_vectors_dir
 
-from pyterrier_d2s.cli import SYSTEM_NAMES, main
+from pyterrier_d2s.cli import main
+from pyterrier_d2s.index_evaluation import SYSTEM_NAMES
 from pyterrier_d2s.data import load_pairs
 from pyterrier_d2s.head import D2SHead, D2SHeadConfig
 from pyterrier_d2s.index import D2SIndex
