@@ -230,8 +230,8 @@ def marked(terms: list[str], own: set[str]) -> str:
 
 def explain(run: dict, n: int = 3) -> dict:
     """Table-4 style top-10 terms of ``n`` captions and their images, from one head of ``run``."""
-    from pyterrier_d2s.cli import explain_rows
     from pyterrier_d2s.data import load_pairs, split_for_head
+    from pyterrier_d2s.explain import explain_rows
     from pyterrier_d2s.model import D2S
 
     heads = {(h["exp"], h["eta"]): h for h in run["heads"]}

@@ -95,28 +95,46 @@ def compare(
     for system in systems:
         results, ms = timed_run(system.pipeline, topics)
         runs[system.name] = results
-        row: dict[str, Any] = {"name": system.name, "ms_per_query": ms}
         system_index = system.index if system.index is not None else index
-        if system.query_encoder is not None and system_index is not None:
-            toks = list(system.query_encoder(topics)["query_toks"])
-            row["flops"] = query_flops(toks, system_index)
-            row["q_nnz"] = (
-                float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0
-            )
-            docs = system_index.forward().matrix
-            row["d_nnz"] = float(docs.nnz) / max(1, docs.shape[0])
-        rows.append(row)
+        rows.append(
+            {"name": system.name, "ms_per_query": ms, **_sparsity_columns(system, topics, system_index)}
+        )
     table = pt.Experiment(
         list(runs.values()), topics, qrels, eval_metrics=list(measures), names=list(runs), verbose=False
     )
-    extra = pd.DataFrame(rows)
-    out = extra.merge(table, on="name", how="left")
+    out = pd.DataFrame(rows).merge(table, on="name", how="left")
     if reference is not None and reference in runs:
-        ref = runs[reference]
-        out[f"overlap@{overlap_k}"] = [overlap_at_k(runs[n], ref, overlap_k).mean() for n in out["name"]]
-        for n_i, name in enumerate(out["name"]):
-            for m, rho in per_query_pearson(runs[name], ref, qrels, measures).items():
-                out.loc[n_i, f"rho-{m}"] = rho
+        _add_reference_columns(out, runs, runs[reference], qrels, measures, overlap_k)
     cols = ["name", *[str(m) for m in measures], "flops", "q_nnz", "d_nnz", "ms_per_query"]
     cols += [c for c in out.columns if c not in cols]
     return out[[c for c in cols if c in out.columns]]
+
+
+def _sparsity_columns(system: System, topics: pd.DataFrame, index) -> dict[str, float]:
+    """``flops``, ``q_nnz`` and ``d_nnz`` of a system whose queries reach ``index`` (none otherwise)."""
+    if system.query_encoder is None or index is None:
+        return {}
+    toks = list(system.query_encoder(topics)["query_toks"])
+    docs = index.forward().matrix
+    return {
+        "flops": query_flops(toks, index),
+        "q_nnz": float(np.mean([sum(1 for w in t.values() if w > 0) for t in toks])) if toks else 0.0,
+        "d_nnz": float(docs.nnz) / max(1, docs.shape[0]),
+    }
+
+
+def _add_reference_columns(
+    table: pd.DataFrame,
+    runs: Mapping[str, pd.DataFrame],
+    reference: pd.DataFrame,
+    qrels: pd.DataFrame,
+    measures,
+    overlap_k: int,
+) -> None:
+    """Add ``overlap@k`` and ``rho-<measure>`` of every run against the ``reference`` run to ``table``."""
+    table[f"overlap@{overlap_k}"] = [
+        overlap_at_k(runs[n], reference, overlap_k).mean() for n in table["name"]
+    ]
+    for n_i, name in enumerate(table["name"]):
+        for m, rho in per_query_pearson(runs[name], reference, qrels, measures).items():
+            table.loc[n_i, f"rho-{m}"] = rho

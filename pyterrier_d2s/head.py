@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,14 @@ from torch import nn
 
 from .vocab import Vocabulary, default_tokenizer_dir, ids_to_csr
 
-__all__ = ["D2SHead", "D2SHeadConfig", "load_word_embeddings", "sparse_projection"]
+__all__ = ["EXPANSION_MODES", "D2SHead", "D2SHeadConfig", "load_word_embeddings", "sparse_projection"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+# The expansion controls of the paper's Table 2 a head can be trained with (``D2SHeadConfig.exp``): defined
+# here, with the config that records them, so that loading a head needs nothing of ``training``.
+EXPANSION_MODES = ("0", "1", "c", "c+w")
 
 
 @dataclass
@@ -187,14 +192,7 @@ class D2SHead(nn.Module):
                 of an index has, for scoring against that index: the |V|-wide projection shrinks to
                 ``len(columns)`` rows (their weights are gathered once and cached until the head changes).
         """
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        z_t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not torch.is_tensor(z) else z).float()
-        if z_t.ndim != 2 or (len(z_t) and z_t.shape[1] != self.config.input_dim):
-            raise ValueError(
-                f"dense vectors have shape {tuple(z_t.shape)}, the head expects (n, {self.config.input_dim})"
-            )
+        z_t = self._dense_input(z)
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
         if columns is None and own_token_ids is None:
@@ -204,31 +202,69 @@ class D2SHead(nn.Module):
         if columns is not None:
             if own_token_ids is not None:
                 raise ValueError("give own_token_ids or columns, not both")
-            columns = np.unique(np.asarray(columns, dtype=np.int64))
-            if len(columns) and (columns[0] < 0 or columns[-1] >= self.config.vocab_size):
-                raise ValueError(f"columns must be vocabulary ids in [0, {self.config.vocab_size})")
-            weight, bias, keep = self._column_weights(columns, device)
-        blocks = []
-        for start in range(0, len(z_t), batch_size):
-            z_batch = z_t[start : start + batch_size].to(device)
-            if columns is not None:
-                logits = torch.nn.functional.linear(self.norm(self.proj(z_batch)), weight, bias)
-                sub = _to_csr(torch.relu(logits).log1p_().mul_(keep), top_k, threshold)
-                blocks.append(
-                    sp.csr_matrix(
-                        (sub.data, columns[sub.indices].astype(np.int32), sub.indptr),
-                        shape=(len(z_batch), self.config.vocab_size),
-                    )
-                )
-            elif own_token_ids is None:
-                blocks.append(_to_csr(self(z_batch), top_k, threshold))
-            else:
-                own = ids_to_csr(own_token_ids[start : start + batch_size], self.config.vocab_size)
-                blocks.append(self._encode_own_terms(z_batch, own, top_k, threshold))
-        self.train(was_training)
+            columns = self._checked_columns(columns)
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            encode_batch = self._batch_encoder(own_token_ids, top_k, threshold, batch_size, columns, device)
+            blocks = [
+                encode_batch(start, z_t[start : start + batch_size].to(device))
+                for start in range(0, len(z_t), batch_size)
+            ]
+        finally:
+            self.train(was_training)
         if not blocks:
             return sp.csr_matrix((0, self.config.vocab_size), dtype=np.float32)
         return sp.vstack(blocks, format="csr")
+
+    def _dense_input(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``z`` as a float32 (n, input_dim) tensor; a ValueError names any other shape."""
+        z_t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not torch.is_tensor(z) else z).float()
+        if z_t.ndim != 2 or (len(z_t) and z_t.shape[1] != self.config.input_dim):
+            raise ValueError(
+                f"dense vectors have shape {tuple(z_t.shape)}, the head expects (n, {self.config.input_dim})"
+            )
+        return z_t
+
+    def _checked_columns(self, columns: np.ndarray) -> np.ndarray:
+        """``columns`` sorted and deduplicated; a ValueError for any id outside the vocabulary."""
+        columns = np.unique(np.asarray(columns, dtype=np.int64))
+        if len(columns) and (columns[0] < 0 or columns[-1] >= self.config.vocab_size):
+            raise ValueError(f"columns must be vocabulary ids in [0, {self.config.vocab_size})")
+        return columns
+
+    def _batch_encoder(
+        self,
+        own_token_ids: list[np.ndarray] | None,
+        top_k: int | None,
+        threshold: float,
+        batch_size: int,
+        columns: np.ndarray | None,
+        device: torch.device,
+    ) -> Callable[[int, torch.Tensor], sp.csr_matrix]:
+        """The function :meth:`encode` applies to the batch of rows starting at ``start``: projection onto
+        ``columns``, onto the whole vocabulary, or onto each row's own tokens."""
+        if columns is not None:
+            weight, bias, keep = self._column_weights(columns, device)
+
+            def onto_columns(start: int, z_batch: torch.Tensor) -> sp.csr_matrix:
+                logits = torch.nn.functional.linear(self.norm(self.proj(z_batch)), weight, bias)
+                sub = _to_csr(torch.relu(logits).log1p_().mul_(keep), top_k, threshold)
+                return sp.csr_matrix(
+                    (sub.data, columns[sub.indices].astype(np.int32), sub.indptr),
+                    shape=(len(z_batch), self.config.vocab_size),
+                )
+
+            return onto_columns
+        if own_token_ids is None:
+            return lambda start, z_batch: _to_csr(self(z_batch), top_k, threshold)
+
+        def onto_own_terms(start: int, z_batch: torch.Tensor) -> sp.csr_matrix:
+            own = ids_to_csr(own_token_ids[start : start + batch_size], self.config.vocab_size)
+            return self._encode_own_terms(z_batch, own, top_k, threshold)
+
+        return onto_own_terms
 
     def _restricted_columns(self) -> np.ndarray | None:
         """The allowed output ids when they are under half the vocabulary (else None: project onto all)."""
@@ -297,69 +333,88 @@ class D2SHead(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> D2SHead:
-        """Load a head written by :meth:`save_pretrained` (no pickle is executed)."""
-        directory = Path(directory)
-        cfg_file = directory / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{directory} is not a D2S head directory: no {CONFIG_NAME}")
-        try:
-            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise ValueError(f"{cfg_file}: expected a JSON object")
-        if raw.get("type", "d2s_head") != "d2s_head" or raw.get("format", "safetensors") != "safetensors":
-            raise ValueError(
-                f"{cfg_file}: type/format {raw.get('type')!r}/{raw.get('format')!r} is not a D2S head "
-                "('d2s_head'/'safetensors')"
-            )
-        try:
-            config = D2SHeadConfig.from_dict(raw)
-        except TypeError as e:  # a required field is missing
-            raise ValueError(f"{cfg_file}: {e}") from e
-        from .training.expansion import EXPANSION_MODES
+        """Load a head written by :meth:`save_pretrained` (no pickle is executed).
 
-        if config.exp not in EXPANSION_MODES:
-            raise ValueError(f"{cfg_file}: exp must be one of {EXPANSION_MODES}, not {config.exp!r}")
-        vocab_file = directory / "vocab.txt"
-        if config.vocab_sha256 is not None:
-            if not vocab_file.is_file():
-                raise FileNotFoundError(f"{directory} is not a D2S head directory: no vocab.txt")
-            if hashlib.sha256(vocab_file.read_bytes()).hexdigest() != config.vocab_sha256:
-                raise ValueError(
-                    f"{vocab_file}: changed since the head was saved (its tokens name the outputs)"
-                )
-        try:
-            vocab = Vocabulary(directory)
-        except (UnicodeDecodeError, OSError) as e:
-            raise ValueError(f"{vocab_file}: unreadable ({e})") from e
-        if len(vocab) != config.vocab_size:
-            raise ValueError(f"{vocab_file} has {len(vocab)} tokens, {cfg_file} says {config.vocab_size}")
+        Every file is checked before use: config.json (a D2S head's, with a known ``exp``), vocab.txt (its
+        recorded SHA-256 and size), model.safetensors (the shapes the config implies, the recorded
+        fingerprint); a ValueError or FileNotFoundError names the first file that is not as saved.
+        """
+        directory = Path(directory)
+        config = _read_config(directory / CONFIG_NAME)
+        vocab = _read_vocab(directory, config)
         # skip the embedding initialisation: the weights are overwritten right away
         head = cls(D2SHeadConfig(**{**asdict(config), "init": "random"}), vocab=vocab)
         head.config = config
         weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory} is not a D2S head directory: no {WEIGHTS_NAME}")
-        try:
-            state = load_file(str(weights))
-        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-            raise ValueError(f"{weights}: unreadable safetensors file ({e})") from e
-        state.setdefault("output_mask", torch.ones(config.vocab_size))  # heads saved before it existed
-        expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != found:
-            bad = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
-            raise ValueError(
-                f"{weights} does not match {CONFIG_NAME}: {bad[0]} is {found.get(bad[0])}, the config implies "
-                f"{expected.get(bad[0])}"
-            )
-        head.load_state_dict(state)
+        head.load_state_dict(_read_weights(weights, head))
         if config.fingerprint is not None and head.fingerprint() != config.fingerprint:
             raise ValueError(
                 f"{weights}: the weights changed since the head was saved (fingerprint mismatch)"
             )
         return head.to(device)
+
+
+def _read_config(cfg_file: Path) -> D2SHeadConfig:
+    """The config of a saved head; a ValueError for anything but a D2S head's config.json."""
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file.parent} is not a D2S head directory: no {CONFIG_NAME}")
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object")
+    if raw.get("type", "d2s_head") != "d2s_head" or raw.get("format", "safetensors") != "safetensors":
+        raise ValueError(
+            f"{cfg_file}: type/format {raw.get('type')!r}/{raw.get('format')!r} is not a D2S head "
+            "('d2s_head'/'safetensors')"
+        )
+    try:
+        config = D2SHeadConfig.from_dict(raw)
+    except TypeError as e:  # a required field is missing
+        raise ValueError(f"{cfg_file}: {e}") from e
+    if config.exp not in EXPANSION_MODES:
+        raise ValueError(f"{cfg_file}: exp must be one of {EXPANSION_MODES}, not {config.exp!r}")
+    return config
+
+
+def _read_vocab(directory: Path, config: D2SHeadConfig) -> Vocabulary:
+    """The vocabulary of a saved head, checked against the SHA-256 and size its config recorded."""
+    vocab_file = directory / "vocab.txt"
+    if config.vocab_sha256 is not None:
+        if not vocab_file.is_file():
+            raise FileNotFoundError(f"{directory} is not a D2S head directory: no vocab.txt")
+        if hashlib.sha256(vocab_file.read_bytes()).hexdigest() != config.vocab_sha256:
+            raise ValueError(f"{vocab_file}: changed since the head was saved (its tokens name the outputs)")
+    try:
+        vocab = Vocabulary(directory)
+    except (UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{vocab_file}: unreadable ({e})") from e
+    if len(vocab) != config.vocab_size:
+        raise ValueError(
+            f"{vocab_file} has {len(vocab)} tokens, {directory / CONFIG_NAME} says {config.vocab_size}"
+        )
+    return vocab
+
+
+def _read_weights(weights: Path, head: D2SHead) -> dict[str, torch.Tensor]:
+    """The state dict in ``weights``, refused unless every tensor has the shape ``head``'s config implies."""
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights.parent} is not a D2S head directory: no {WEIGHTS_NAME}")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{weights}: unreadable safetensors file ({e})") from e
+    state.setdefault("output_mask", torch.ones(head.config.vocab_size))  # heads saved before it existed
+    expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        bad = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+        raise ValueError(
+            f"{weights} does not match {CONFIG_NAME}: {bad[0]} is {found.get(bad[0])}, the config implies "
+            f"{expected.get(bad[0])}"
+        )
+    return state
 
 
 def sparse_projection(

@@ -1,6 +1,7 @@
 """The paper's figures: effectiveness vs efficiency across heads (Fig. 2a) and top-10 overlap with dense (Fig. 2b).
 
-Needs matplotlib (``pip install "pyterrier-d2s[plots]"``); figures are written with the Agg backend, so no
+:func:`plot_tradeoff` and :func:`plot_overlap` draw them from head and index directories (``d2s plot``);
+:func:`tradeoff_figure` and :func:`overlap_figure` from the numbers. Needs matplotlib (``pip install "pyterrier-d2s[plots]"``); figures are written with the Agg backend, so no
 display is needed.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["tradeoff_figure", "overlap_figure"]
+__all__ = ["overlap_figure", "plot_overlap", "plot_tradeoff", "tradeoff_figure"]
 
 
 def _pyplot():
@@ -83,3 +84,34 @@ def overlap_figure(
     fig.tight_layout()
     fig.savefig(out, dpi=150)
     plt.close(fig)
+
+
+def plot_tradeoff(runs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Fig. 2a of the heads in ``runs`` (directories written by ``d2s train``, read from their saved test
+    reports) into the PNG ``out``, with their mean dense R@1 as the reference line.
+
+    Returns ``out``, ``runs`` (how many) and ``points`` (``(flops, sparse_r1)`` per head, in order).
+    """
+    from .training_run import saved_test_report
+
+    reports = [saved_test_report(run) for run in runs]
+    tradeoff_figure(reports, out, dense_r1=float(np.mean([r["dense_r1"] for r in reports])))
+    return {"out": out, "runs": len(reports), "points": [(r["flops"], r["sparse_r1"]) for r in reports]}
+
+
+def plot_overlap(
+    model: str | os.PathLike,
+    index: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    k: int = 10,
+) -> dict:
+    """Fig. 2b of the head in ``model`` searching ``index``, on its test captions of ``data``, into ``out``.
+
+    Returns ``out``, ``queries`` and ``mean_overlap@<k>``.
+    """
+    from .index_evaluation import dense_overlaps
+
+    overlaps = dense_overlaps(model, index, data, k=k)
+    overlap_figure(overlaps.to_numpy(), out, k=k)
+    return {"out": out, "queries": len(overlaps), f"mean_overlap@{k}": float(overlaps.mean())}

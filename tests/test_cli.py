@@ -1,4 +1,5 @@
-"""The d2s subcommands that work on a trained head: index, evaluate, search, explain, plot."""
+"""The d2s subcommands that work on a trained head (index, evaluate, search, explain, plot, demo, train) and the
+library functions behind them, called directly as a notebook would."""
 
 import json
 import subprocess
@@ -10,10 +11,12 @@ import pytest
 import torch
 from conftest import write_unsplit_vectors_dir
 
-from pyterrier_d2s.cli import SYSTEM_NAMES, main
+from pyterrier_d2s.cli import main
 from pyterrier_d2s.data import load_pairs
 from pyterrier_d2s.head import D2SHead, D2SHeadConfig
 from pyterrier_d2s.index import D2SIndex
+from pyterrier_d2s.index_evaluation import SYSTEM_NAMES
+from pyterrier_d2s.model import D2S
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +361,197 @@ def test_train_on_data_without_labels_reports_held_out_numbers(tmp_path, capsys)
     assert (
         "coco500: its test split (50 images) is not the one in" in err and len(err.strip().splitlines()) == 1
     )
+
+
+# -- the library functions behind the subcommands, called the way a notebook calls them ---------------------
+
+
+def _tiny_explained_model():
+    """A 2-d head whose top terms are computed by hand: W1 = I, so LayerNorm maps the caption vector (1, 0)
+    to (1, -1) and the image vector (0, 1) to (-1, 1); W2 gives five tokens a row, every other token a zero
+    row and bias (weight log1p(relu(0)) = 0, never a top term)."""
+    from pyterrier_d2s.data import PairedVectors
+    from pyterrier_d2s.vocab import Vocabulary
+
+    vocab = Vocabulary()
+    head = D2SHead(D2SHeadConfig(input_dim=2, hidden_dim=2, init="random"), vocab=vocab)
+    rows = {"dog": (2.0, 0.0), "red": (0.5, 0.0), "cat": (0.0, 1.0), "bird": (0.0, 3.0), "car": (-1.0, -1.0)}
+    with torch.no_grad():
+        head.proj.weight.copy_(torch.eye(2))
+        head.proj.bias.zero_()
+        head.vocab_proj.weight.zero_()
+        head.vocab_proj.bias.zero_()
+        for token, row in rows.items():
+            head.vocab_proj.weight[vocab.tokens.index(token)] = torch.tensor(row)
+    data = PairedVectors(
+        image_ids=["i0", "i1"],
+        image_vectors=np.array([[0.0, 1.0], [0.0, 1.0]]),
+        caption_ids=["c0", "c1", "c2"],
+        caption_texts=["A red dog.", "a bird", "A cat."],
+        caption_image=np.array([0, 1, 1]),
+        caption_vectors=np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]),
+        image_split=np.array(["train", "test"]),
+        name="tiny",
+    )
+    return D2S(head), data
+
+
+def test_explain_rows_against_hand_computed_terms():
+    from pyterrier_d2s import explain
+
+    model, data = _tiny_explained_model()
+    # caption (1, -1): dog 2 -> log 3, red 0.5 -> log 1.5 (cat -1, bird -3, car 0: weight 0)
+    # image (-1, 1): bird 3 -> log 4, cat 1 -> log 2 (dog -2, red -0.5, car 0: weight 0)
+    (item,) = explain.explain_rows(model, data, [0], k=10)
+    assert item == {
+        "caption_id": "c0",
+        "caption": "A red dog.",
+        "image_id": "i0",
+        "split": "train",
+        "caption_terms": ["dog", "red"],
+        "image_terms": ["bird", "cat"],
+        "own_terms": [".", "a", "dog", "red"],
+    }
+    assert [i["caption_terms"] for i in explain.explain_rows(model, data, [0], k=1)] == [["dog"]]
+    assert explain.format_explained([item]).splitlines() == [
+        "",
+        "A red dog.  (caption c0, image i0)",
+        "  caption: dog* red*",
+        "  image:   bird cat",
+    ]
+    # an image id stands for all its captions; the test split's captions come first by default
+    assert explain.caption_rows_of(data, "i1") == [1, 2] and explain.caption_rows_of(data, "c2") == [2]
+    assert explain.test_caption_rows(data, 5) == [1, 2] and explain.test_caption_rows(data, 1) == [1]
+    with pytest.raises(KeyError, match="neither a caption id nor an image id of tiny"):
+        explain.caption_rows_of(data, "nope")
+
+
+def test_explain_of_a_head_directory_notes_training_images(head_dir):
+    from pyterrier_d2s.explain import explain
+
+    data = load_pairs("coco500")
+    train_row = next(r for r in range(500) if data.image_split[data.caption_image[r]] == "train")
+    notes = []
+    items = explain(head_dir, "coco500", data.caption_ids[train_row], k=4, notify=notes.append)
+    assert [i["caption_id"] for i in items] == [data.caption_ids[train_row]] and len(
+        items[0]["image_terms"]
+    ) == 4
+    assert notes == [
+        f"{data.caption_ids[train_row]!r} is not a test image of this head (train): its terms were seen in training"
+    ]
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """d2s train's and d2s demo's defaults are TrainConfig's (run_demo builds its TrainConfig from those)."""
+    import dataclasses
+    import inspect
+
+    from pyterrier_d2s.cli import build_parser
+    from pyterrier_d2s.demo import run_demo
+    from pyterrier_d2s.index_evaluation import evaluate_index
+    from pyterrier_d2s.training import TrainConfig
+
+    args = vars(build_parser().parse_args(["train", "--data", "coco500", "--out", "x"]))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    shared = set(args) & set(defaults)
+    assert len(shared) == 16 and {k: args[k] for k in shared} == {k: defaults[k] for k in shared}
+    demo = vars(build_parser().parse_args(["demo"]))
+    demo_params = inspect.signature(run_demo).parameters
+    for name in ("out", "exp", "eta", "seed", "epochs", "noexp_epochs"):
+        assert demo[name] == demo_params[name].default
+    evaluate = vars(build_parser().parse_args(["evaluate", "--model", "m", "--index", "i", "--data", "d"]))
+    for name in ("candidates", "num_results"):
+        assert evaluate[name] == inspect.signature(evaluate_index).parameters[name].default
+
+
+def test_evaluate_index_dense_row_is_brute_force(index_dir, head_dir):
+    from pyterrier_d2s.index_evaluation import comparison_records, dense_overlaps, evaluate_index
+
+    notes = []
+    table = evaluate_index(head_dir, index_dir, "coco500", num_results=10, notify=notes.append)
+    assert list(table["name"]) == list(SYSTEM_NAMES) and len(notes) == 1 and "exp=c+w head" in notes[0]
+    test = load_pairs("coco500").subset("test")
+    scores = test.caption_vectors @ test.image_vectors.T
+    # each coco500 caption has one image: R@1 = its image ranks first, RR@10 = 1/rank within the top 10
+    ranks = (scores > scores[np.arange(len(scores)), test.caption_image][:, None]).sum(axis=1)
+    dense = comparison_records(table)[0]
+    assert dense["R@1"] == pytest.approx(np.mean(ranks == 0))
+    assert dense["RR@10"] == pytest.approx(np.mean(np.where(ranks < 10, 1.0 / (ranks + 1), 0.0)))
+    assert dense["flops"] is None and dense["overlap@10"] == 1.0
+    # the per-caption top-10 overlap of the expanded search with the dense top 10, by hand
+    overlaps = dense_overlaps(head_dir, index_dir, "coco500", k=10)
+    model = D2S.from_pretrained(head_dir)
+    sparse = (model.query_encoder() >> D2SIndex(index_dir).retriever(num_results=10))(test.topics())
+    for n, qid in enumerate(test.caption_ids[:10]):
+        dense_top = {test.image_ids[j] for j in np.argsort(-scores[n], kind="stable")[:10]}
+        found = set(sparse.loc[sparse["qid"] == qid, "docno"])
+        assert overlaps[qid] == pytest.approx(len(dense_top & found) / 10)
+
+
+def test_search_and_check_index(index_dir, head_dir, tmp_path):
+    import shutil
+
+    from pyterrier_d2s.indexing import check_index, search
+
+    data = load_pairs("coco500")
+    hits = search(head_dir, index_dir, data="coco500", qid=data.caption_ids[7], num_results=3)
+    assert hits.query == data.caption_texts[7] and [h["rank"] for h in hits.records()] == [0, 1, 2]
+    with pytest.raises(KeyError, match="no caption with id 'nope'"):
+        search(head_dir, index_dir, data="coco500", qid="nope")
+    assert check_index(index_dir) == {"index": str(index_dir), "ok": True, "documents": 50}
+    damaged = tmp_path / "damaged"
+    shutil.copytree(index_dir, damaged)
+    with open(damaged / "forward.npz", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    problems = []
+    with pytest.raises(ValueError, match="1 file"):
+        check_index(damaged, on_problem=problems.append)
+    assert len(problems) == 1 and "forward.npz: contents differ from the build" in problems[0]
+
+
+def test_training_split_and_checkpoint_handling(tmp_path):
+    from pyterrier_d2s.training_run import (
+        refuse_checkpoint_of_another_split,
+        set_aside_checkpoint,
+        training_split,
+    )
+
+    data = load_pairs(write_unsplit_vectors_dir(tmp_path / "d", 40))
+    notes = []
+    everything = training_split(data, tmp_path / "all", no_split=True, notify=notes.append)
+    assert len(everything.image_ids) == 40 and notes == [
+        f"--no-split: trained, validated and reported on the same 40 images of {data.name} (held_out: false)"
+    ]
+    with pytest.raises(ValueError, match="give both --fold and --num-folds"):
+        training_split(data, tmp_path / "x", fold=1)
+    # seeded 80/10/10 by image: the test images are the first 4 of seed 3's permutation
+    seeded = training_split(data, tmp_path / "h", split_seed=3)
+    order = np.random.default_rng(3).permutation(40)
+    assert sorted(seeded.subset("test").image_ids) == sorted(data.image_ids[r] for r in order[:4])
+    # a checkpoint there belongs to seed 3's split: another split is refused, the same one passes
+    torch.save({"epoch": 1}, tmp_path / "h" / "checkpoint.pt")
+    refuse_checkpoint_of_another_split(seeded, tmp_path / "h")
+    with pytest.raises(ValueError, match="is from a run on another split"):
+        training_split(data, tmp_path / "h", split_seed=4)
+    # set aside: a readable checkpoint becomes .old, an unreadable one .corrupt, none: None
+    assert set_aside_checkpoint(tmp_path / "h") == tmp_path / "h" / "checkpoint.pt.old"
+    assert set_aside_checkpoint(tmp_path / "h") is None
+    (tmp_path / "h" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert set_aside_checkpoint(tmp_path / "h") == tmp_path / "h" / "checkpoint.pt.corrupt"
+
+
+def test_train_head_from_python_saves_its_report(tmp_path):
+    from pyterrier_d2s.training import TrainConfig
+    from pyterrier_d2s.training_run import saved_test_report, train_head
+
+    data_dir = write_unsplit_vectors_dir(tmp_path / "d", 60)
+    report = train_head(
+        data_dir, tmp_path / "h", TrainConfig(epochs=1, exp="c"), split_seed=2, progress=False
+    )
+    assert report["exp"] == "c" and report["epochs"] == 1 and report["split"]["n_test"] == 6
+    assert saved_test_report(tmp_path / "h") == json.loads(json.dumps(report))
+    with pytest.raises(FileNotFoundError, match="not a head directory"):
+        saved_test_report(tmp_path / "d")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyterrier_d2s.cli import SYSTEM_NAMES
+from pyterrier_d2s.index_evaluation import SYSTEM_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

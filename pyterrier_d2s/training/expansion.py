@@ -24,9 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..head import EXPANSION_MODES
+
 __all__ = ["CAPTION_DRAWS", "EXPANSION_MODES", "OWN_TERMS", "ExpansionControl"]
 
-EXPANSION_MODES = ("0", "1", "c", "c+w")
 CAPTION_DRAWS = ("batch", "caption")
 OWN_TERMS = ("keep", "word-draw")
 
