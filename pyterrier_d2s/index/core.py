@@ -86,6 +86,10 @@ class D2SIndex(pta.Artifact, pt.Indexer):
         Every module that derives something from the index keeps it here (keys start with the module's or
         engine's name), so that :meth:`invalidate` drops all of it at once.
         """
+        try:
+            return self._cache[key]  # the hot path (a retriever asks per call): no lock
+        except KeyError:
+            pass
         with self._cache_lock:
             if key not in self._cache:
                 self._cache[key] = factory()

@@ -26,13 +26,18 @@ def score_pairs(index: D2SIndex, queries: QueryBatch, qpos: np.ndarray, rows: np
     """
     qpos = np.asarray(qpos, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
-    by_query = np.argsort(qpos, kind="stable")  # the kernel wants each query's pairs contiguous
-    scores = np.empty(len(rows), dtype=np.float64)
+    grouped = bool((qpos[1:] >= qpos[:-1]).all())  # what retrievers pass: no reordering needed
+    by_query = np.arange(len(qpos)) if grouped else np.argsort(qpos, kind="stable")
     try:
+        if grouped:
+            return taat.rescore(index, queries, qpos, rows).astype(np.float64)
+        scores = np.empty(len(rows), dtype=np.float64)
+        # the kernel wants each query's pairs contiguous
         scores[by_query] = taat.rescore(index, queries, qpos[by_query], rows[by_query])
         return scores
     except MissingDependencyError:
         pass
+    scores = np.empty(len(rows), dtype=np.float64)
     matrix = index.forward().matrix
     bounds = np.r_[0, np.cumsum(np.bincount(qpos, minlength=len(queries)))]
     qdense = np.zeros(matrix.shape[1], dtype=np.float32)
