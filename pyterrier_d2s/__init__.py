@@ -2,7 +2,8 @@
 
 Public names are few and imported lazily, so that ``pyterrier_d2s.training`` (e.g. a GPU training job) never
 imports PyTerrier; submodules (``vocab``, ``head``, ``training``, ``data``, ``index``, ``evaluation``,
-``experiment``) hold the rest.
+``experiment``, and ``query_encoder`` / ``image_indexer`` / ``rescorer``, the transformers the ``D2S`` model
+hands out) hold the rest.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ _PUBLIC = {
     "D2S": ".model",
     "D2SHead": ".head",
     "D2SHeadConfig": ".head",
-    "D2SImageIndexer": ".pipeline",
+    "D2SImageIndexer": ".image_indexer",
     "D2SIndex": ".index",
-    "D2SQueryEncoder": ".pipeline",
+    "D2SQueryEncoder": ".query_encoder",
     "D2STrainer": ".training",
-    "ExpansionRescorer": ".pipeline",
+    "ExpansionRescorer": ".rescorer",
     "TrainConfig": ".training",
     "Vocabulary": ".vocab",
     "load_pairs": ".data",
@@ -44,9 +45,11 @@ __all__ = [  # the names of _PUBLIC, spelled out for tools
 if TYPE_CHECKING:  # pragma: no cover
     from .data import load_pairs
     from .head import D2SHead, D2SHeadConfig
+    from .image_indexer import D2SImageIndexer
     from .index import D2SIndex
     from .model import D2S
-    from .pipeline import D2SImageIndexer, D2SQueryEncoder, ExpansionRescorer
+    from .query_encoder import D2SQueryEncoder
+    from .rescorer import ExpansionRescorer
     from .training import D2STrainer, TrainConfig
     from .vocab import Vocabulary
 

@@ -105,7 +105,7 @@ def _train_and_index(
         # terms carry ~2 % of its query weight on this small set, too little to find the candidates)
         stages.next("training an exp=0 head (the captions' own terms) for the first stage")
         report["train_noexp"] = train("0", epochs[1], out / "head-noexp")
-    stages.next("indexing the 50 test images (PISA + forward store)")
+    stages.next("indexing the 50 test images (forward store; engines build on first use)")
     report["index"] = index("head", "index")
     if paired:
         report["index_noexp"] = index("head-noexp", "index-noexp")

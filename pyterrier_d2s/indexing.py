@@ -45,9 +45,9 @@ def index_images(
 
     Indexes the head's test images (those of its split.json, which the data's own labels must agree with;
     every image for a head without a test split), or every image with ``all_splits``. Returns the summary
-    ``d2s index`` prints: ``index``, ``documents``, ``images`` (``"test"`` or ``"all"``), the index's
-    ``doc_scale``, ``query_scale``, ``doc_mass_lost``, ``mean_doc_nnz`` (``None`` where its engine records
-    none) and ``seconds``.
+    ``d2s index`` prints: ``index``, ``documents``, ``images`` (``"test"`` or ``"all"``), ``terms`` (columns
+    with a weight), ``mean_doc_nnz`` and ``seconds``. No engine is built here: each builds its files on first
+    use (PISA's quantisation statistics are then in ``index.engine("pisa").collection().info``).
     """
     from .data import load_pairs, split_for_head
     from .index import D2SIndex
@@ -68,9 +68,7 @@ def index_images(
         "index": str(out),
         "documents": len(index),
         "images": which,
-        "doc_scale": meta.get("doc_scale"),
-        "query_scale": meta.get("query_scale"),
-        "doc_mass_lost": meta.get("doc_mass_lost"),
+        "terms": meta.get("num_terms"),
         "mean_doc_nnz": meta.get("mean_doc_nnz"),
         "seconds": round(time.perf_counter() - started, 1),
     }

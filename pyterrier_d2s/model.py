@@ -20,8 +20,10 @@ import torch
 from .head import D2SHead
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .image_indexer import D2SImageIndexer
     from .index import D2SIndex
-    from .pipeline import D2SImageIndexer, D2SQueryEncoder, ExpansionRescorer
+    from .query_encoder import D2SQueryEncoder
+    from .rescorer import ExpansionRescorer
 
 __all__ = ["D2S"]
 
@@ -136,7 +138,7 @@ class D2S:
         batch_size: int = 1024,
     ) -> D2SQueryEncoder:
         """``qid, query (+ query_vec)`` → adds ``query_toks``. ``expansion=None`` follows the training mode."""
-        from .pipeline import D2SQueryEncoder
+        from .query_encoder import D2SQueryEncoder
 
         if expansion is None:
             expansion = self.head.config.exp != "0"
@@ -146,7 +148,7 @@ class D2S:
 
     def image_indexer(self, index: D2SIndex, batch_size: int = 1024, **index_kwargs) -> D2SImageIndexer:
         """``docno + doc_vec`` (or ``image``) → sparse vectors written into ``index``."""
-        from .pipeline import D2SImageIndexer
+        from .image_indexer import D2SImageIndexer
 
         return D2SImageIndexer(self, index, batch_size=batch_size, **index_kwargs)
 
@@ -157,6 +159,6 @@ class D2S:
 
         ``expanded_toks=True`` also puts the expanded query's ``{token: weight}`` into ``query_toks``.
         """
-        from .pipeline import ExpansionRescorer
+        from .rescorer import ExpansionRescorer
 
         return ExpansionRescorer(self, index, top_k=top_k, min_weight=min_weight, expanded_toks=expanded_toks)

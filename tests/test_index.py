@@ -18,7 +18,8 @@ import pyterrier_alpha as pta
 import pytest
 import scipy.sparse as sp
 
-from pyterrier_d2s.index import D2SIndex, quantisation
+from pyterrier_d2s.index import D2SIndex
+from pyterrier_d2s.index.engines.pisa import _pyterrier_pisa, quantisation
 
 N_DOCS = 300
 N_QUERIES = 25
@@ -125,45 +126,121 @@ def test_lost_mass_recorded_and_below_limit(index, coll):
     assert (
         meta["type"] == "sparse_index" and meta["format"] == "d2s" and meta["package_hint"] == "pyterrier-d2s"
     )
-    w = coll.docs.data.astype(np.float64)
-    lost = (w.sum() - (np.floor(w * meta["doc_scale"]) / meta["doc_scale"]).sum()) / w.sum()
-    assert meta["doc_mass_lost"] == pytest.approx(lost, rel=1e-9)
-    assert lost < 0.005
     assert meta["empty_docs"] == 1 and meta["num_docs"] == N_DOCS and len(index) == N_DOCS
-    q_lost = index.query_mass_loss(coll.query_toks)
+    assert "doc_scale" not in meta  # quantisation belongs to the PISA engine, not to the artifact
+    pisa = index.engine("pisa")
+    w = coll.docs.data.astype(np.float64)
+    s = pisa.doc_scale
+    lost = (w.sum() - (np.floor(w * s) / s).sum()) / w.sum()
+    assert pisa.collection().info["doc_mass_lost"] == pytest.approx(lost, rel=1e-9)
+    assert lost < 0.005
+    assert s == quantisation.choose_scale(w, 0.005)  # the smallest ladder scale meeting the limit
+    q_lost = pisa.query_mass_loss(coll.query_toks)
     qw = coll.queries.data.astype(np.float64)
-    t = index.query_scale
+    t = pisa.query_scale
+    assert t == s
     assert q_lost == pytest.approx((qw.sum() - (np.floor(qw * t) / t).sum()) / qw.sum(), rel=1e-9)
-    t2 = index.choose_query_scale(coll.query_toks)
-    assert index.query_mass_loss(coll.query_toks, t2) < 0.005
+    t2 = pisa.choose_query_scale(coll.query_toks)
+    assert pisa.query_mass_loss(coll.query_toks, t2) < 0.005
 
 
 def test_pisa_files_identical_to_pyterrier_pisa_toks_indexer(index, coll, tmp_path):
     """The vectorised collection writer produces exactly what pyterrier-pisa's toks indexer writes."""
     from pyterrier_pisa import PisaIndex
 
+    assert _pyterrier_pisa.version_supported(_pyterrier_pisa.installed_version()), (
+        f"pyterrier-pisa {_pyterrier_pisa.installed_version()} is outside the adapter's supported range "
+        f"{_pyterrier_pisa.SUPPORTED_VERSIONS}: check its internals and widen the range"
+    )
+    assert _pyterrier_pisa.version_supported("0.4.9") and not _pyterrier_pisa.version_supported("0.5.0")
+    pisa = index.engine("pisa").collection()
     ref = PisaIndex(str(tmp_path / "ref"), stemmer="none")
     docs = [{"docno": d, "toks": t} for d, t in zip(coll.docnos, _as_dicts(coll.docs), strict=True)]
-    ref.toks_indexer(scale=index.doc_scale).index(docs)
-    for name in ["inv.docs", "inv.freqs", "inv.sizes", "fwd.documents", "fwd.terms"]:
-        assert (tmp_path / "ref" / name).read_bytes() == (index.path / "pisa" / name).read_bytes(), name
+    ref.toks_indexer(scale=pisa.doc_scale).index(docs)
+    for name in [
+        "inv.docs",
+        "inv.freqs",
+        "inv.sizes",
+        "fwd.documents",
+        "fwd.terms",
+        "fwd.doclex",
+        "fwd.termlex",
+    ]:
+        assert (tmp_path / "ref" / name).read_bytes() == (pisa.path / name).read_bytes(), name
+
+
+def test_pisa_is_built_on_first_use_or_when_named_at_build_time(coll, tmp_path):
+    lazy = D2SIndex(tmp_path / "lazy", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS)
+    assert not (lazy.path / "pisa").exists() and not (lazy.path / "engines").exists()
+    assert not any("pisa" in str(p.relative_to(lazy.path)) for p in lazy.path.rglob("*"))  # none unless asked
+    retr = lazy.retriever(num_results=5, engine="pisa")
+    assert not (lazy.path / "engines").exists()  # constructing a retriever builds nothing
+    res = retr(coll.frame())
+    built = lazy.path / "engines" / "pisa-v1-mml0.005"
+    info = json.loads((built / "engine.json").read_text())
+    # hashed like the other engines' files (checked whenever the engine loads them)
+    assert info["engine"] == "pisa" and {"inv.docs", "fwd.terms", "pt_meta.json"} <= set(info["files"])
+    assert info["doc_scale"] == quantisation.choose_scale(coll.docs.data, 0.005)
+    eager = D2SIndex(tmp_path / "eager", verbose=False).index_matrix(
+        coll.docnos, coll.docs, TERMS, engines=("pisa",)
+    )
+    assert (eager.path / "engines" / "pisa-v1-mml0.005" / "engine.json").exists()
+    for name in ("inv.docs", "inv.freqs", "inv.sizes", "fwd.terms"):
+        assert (built / name).read_bytes() == (
+            eager.path / "engines" / "pisa-v1-mml0.005" / name
+        ).read_bytes()
+    pd.testing.assert_frame_equal(res, eager.retriever(num_results=5, engine="pisa")(coll.frame()))
+
+
+def test_index_of_the_previous_layout_opens_and_searches(coll, tmp_path):
+    """An index built before PISA was an engine (``pisa/`` at the top, PISA's scales in ``pt_meta.json``)."""
+    idx = D2SIndex(tmp_path / "old", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS)
+    meta = json.loads((idx.path / "pt_meta.json").read_text())
+    meta.update({"doc_scale": 100.0, "query_scale": 100.0, "max_mass_loss": 0.005, "pisa_terms": 3})
+    (idx.path / "pt_meta.json").write_text(json.dumps(meta))
+    (idx.path / "pisa").mkdir()
+    (idx.path / "pisa" / "pt_meta.json").write_text('{"type": "sparse_index", "format": "pisa"}')
+    old = D2SIndex(idx.path)
+    assert old.built() and len(old) == N_DOCS
+    for engine in ("taat", "exact"):
+        got = _by_qid(old.retriever(num_results=5, engine=engine)(coll.frame()))
+        for qi, qid in enumerate(coll.qids):
+            exact = coll.exact(qi)
+            order = np.lexsort((np.arange(N_DOCS), -exact))[:5]
+            assert list(got[qid]["docno"]) == list(coll.docnos[order])
+
+
+def test_one_cache_and_invalidate(coll, tmp_path):
+    idx = D2SIndex(tmp_path / "cache", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS)
+    fwd, engine = idx.forward(), idx.engine("taat")
+    assert idx.forward() is fwd and idx.engine("taat") is engine
+    calls = []
+    assert idx.cached(("test", "x"), lambda: calls.append(1) or 41) == 41
+    assert idx.cached(("test", "x"), lambda: calls.append(1) or 42) == 41 and calls == [1]
+    idx.invalidate()
+    assert idx.forward() is not fwd and idx.engine("taat") is not engine
+    assert idx.cached(("test", "x"), lambda: 42) == 42
+    # a rebuild invalidates: the same object sees the new documents
+    idx.index_matrix(coll.docnos[:10], coll.docs[:10], TERMS, overwrite=True)
+    assert len(idx.forward().docnos) == 10 and len(idx) == 10
 
 
 # ---- retrieval ------------------------------------------------------------------------------------------
 
 
-def _check_against_brute_force(index: D2SIndex, coll: Collection, k: int, **kw) -> int:
+def _check_against_brute_force(index: D2SIndex, coll: Collection, k: int, scale=None, **kw) -> int:
     """Assert PISA scores and top-k sets agree with brute force within the derived bound; return #swaps."""
-    res = index.retriever(num_results=k, **kw)(coll.frame())
+    res = index.retriever(num_results=k, engine="pisa", scale=scale, **kw)(coll.frame())
     assert set(res.columns) >= {"qid", "query_toks", "extra", "docno", "score", "rank"}
     groups = _by_qid(res)
-    s = index.doc_scale
-    t = kw.get("toks_scale") or index.query_scale
+    pisa = index.engine("pisa").collection(scale)
+    s = pisa.doc_scale
+    t = kw.get("toks_scale") or pisa.query_scale
     rows = {d: i for i, d in enumerate(coll.docnos)}
     checked = swaps = 0
     for qi, qid in enumerate(coll.qids):
         exact = coll.exact(qi)
-        bound = index.error_bound(coll.query_toks[qi], toks_scale=t)
+        bound = pisa.error_bound(coll.query_toks[qi], toks_scale=t)
         got = groups[qid]
         assert list(got["rank"]) == list(range(len(got)))
         assert (np.diff(got["score"].to_numpy()) <= 0).all()
@@ -194,10 +271,12 @@ def test_pisa_scores_within_bound_of_exact(index, coll, algorithm):
 
 def test_bound_holds_with_coarse_quantisation(coll, tmp_path):
     # deliberately coarse scales, so that PISA's top-k really differs from the exact one: the bound must hold
-    idx = D2SIndex(tmp_path / "coarse", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS, scale=5)
-    assert idx.meta["doc_mass_lost"] > 0.005
-    swaps = _check_against_brute_force(idx, coll, 10, toks_scale=5)
+    idx = D2SIndex(tmp_path / "coarse", verbose=False).index_matrix(coll.docnos, coll.docs, TERMS)
+    swaps = _check_against_brute_force(idx, coll, 10, scale=5, toks_scale=5)
     assert swaps > 0
+    coarse = idx.engine("pisa").collection(scale=5)
+    assert coarse.doc_scale == 5 and coarse.info["doc_mass_lost"] > 0.005
+    assert coarse.path.name == "pisa-v1-s5.0"  # each build setting is its own cached collection
 
 
 def test_pisa_returns_only_matching_docs_and_misses_only_tiny_ones(index, coll):
@@ -207,7 +286,7 @@ def test_pisa_returns_only_matching_docs_and_misses_only_tiny_ones(index, coll):
         matching = set(coll.docnos[exact > 0])
         got = set(res[qid]["docno"])
         assert got <= matching
-        bound = index.error_bound(coll.query_toks[qi])
+        bound = index.engine("pisa").error_bound(coll.query_toks[qi])
         for docno in matching - got:  # every shared weight truncated to 0 on one side
             assert exact[int(docno[1:])] <= bound
 
@@ -216,7 +295,7 @@ def test_engines_return_identical_sets_when_k_covers_all_matches(tmp_path):
     # weights >= 0.1 never truncate to 0 at the chosen scales, so PISA matches exactly the exact engine's docs
     c = Collection(seed=2, low=0.1)
     idx = D2SIndex(tmp_path / "coarse", verbose=False).index_matrix(c.docnos, c.docs, TERMS)
-    assert 0.1 * idx.doc_scale >= 1 and 0.1 * idx.query_scale >= 1
+    assert 0.1 * idx.engine("pisa").doc_scale >= 1 and 0.1 * idx.engine("pisa").query_scale >= 1
     pisa = _by_qid(idx.retriever(num_results=N_DOCS, engine="pisa")(c.frame()))
     exact = _by_qid(idx.retriever(num_results=N_DOCS, engine="exact")(c.frame()))
     for qi, qid in enumerate(c.qids):
@@ -239,7 +318,7 @@ def test_exact_engine_equals_brute_force(index, coll):
 
 @pytest.mark.parametrize("engine", ["pisa", "exact", "taat"])
 def test_empty_and_unknown_queries(index, engine, caplog, monkeypatch):
-    import pyterrier_d2s.index._store as store
+    import pyterrier_d2s.index.forward as store
 
     monkeypatch.setattr(store, "_warned_case", False)
     retr = index.retriever(num_results=10, engine=engine)
@@ -276,8 +355,10 @@ def test_rank_cutoff_and_repr(index, coll):
         assert res.groupby("qid").size().max() == 5
     assert "D2SIndex(" in repr(index.retriever()) and "engine='taat'" in repr(index.retriever())
     assert "maxscore" in repr(index.retriever(engine="pisa"))
-    # PISA settings without an engine name still mean PISA (as before engines existed)
-    assert "engine='pisa'" in repr(index.retriever(algorithm="wand"))
+    # PISA settings go with engine="pisa": the default engine does not take them
+    with pytest.raises(TypeError, match="unknown setting"):
+        index.retriever(algorithm="wand")
+    assert "algorithm='wand'" in repr(index.retriever(engine="pisa", algorithm="wand"))
     assert repr(index.scorer()).endswith(".scorer()")
 
 
@@ -459,16 +540,17 @@ def test_interrupted_indexing_leaves_nothing_openable(tmp_path, coll):
 
 
 def test_killed_indexing_leaves_nothing_openable(tmp_path):
-    """A process killed while writing the PISA part leaves only a temp dir that does not open as an index."""
+    """A process killed while writing the manifest leaves only a temp dir that does not open as an index."""
     path = tmp_path / "killed"
     script = textwrap.dedent(
         f"""
         import os, numpy as np, scipy.sparse as sp
-        import pyterrier_d2s.index.core as core
+        import pyterrier_d2s.index.building as building
+        from pyterrier_d2s.index import D2SIndex
         def die(*a, **k):
             os._exit(9)  # like SIGKILL: no cleanup handlers run
-        core.write_pisa_collection = die
-        core.D2SIndex({str(path)!r}, verbose=False).index_matrix(["a", "b"], sp.csr_matrix(np.ones((2, 2), dtype=np.float32)), ["x", "y"])
+        building.write_manifest = die
+        D2SIndex({str(path)!r}, verbose=False).index_matrix(["a", "b"], sp.csr_matrix(np.ones((2, 2), dtype=np.float32)), ["x", "y"])
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True)
@@ -486,7 +568,7 @@ def test_killed_indexing_leaves_nothing_openable(tmp_path):
 def test_leftovers_of_a_live_build_are_kept(tmp_path):
     import os
 
-    from pyterrier_d2s.index.core import _remove_leftovers_of_killed_builds
+    from pyterrier_d2s.index.building import _remove_leftovers_of_killed_builds
 
     target = tmp_path / "t"
     live, dead = tmp_path / ".t.tmp-live", tmp_path / ".t.tmp-dead"
@@ -527,22 +609,30 @@ def test_degenerate_collections_rejected(tmp_path):
         D2SIndex(tmp_path / "none", verbose=False).index_matrix(
             [], sp.csr_matrix((0, 2), dtype=np.float32), ["x", "y"]
         )
-    # PISA would abort the interpreter on an index without postings: refuse it instead
+    # PISA would abort the interpreter on an index without postings: its engine refuses it instead, whether
+    # asked for at build time (nothing is left) or later (the index stays usable with the other engines)
+    zero = sp.csr_matrix((2, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="nothing to put in PISA"):
         D2SIndex(tmp_path / "zero", verbose=False).index_matrix(
-            ["a", "b"], sp.csr_matrix((2, 2), dtype=np.float32), ["x", "y"]
+            ["a", "b"], zero, ["x", "y"], engines=("pisa",)
         )
     assert not (tmp_path / "zero").exists() and _leftovers(tmp_path, "zero") == []
+    idx = D2SIndex(tmp_path / "zero", verbose=False).index_matrix(["a", "b"], zero, ["x", "y"])
+    frame = pd.DataFrame({"qid": ["1"], "query_toks": [{"x": 1.0}]})
+    assert len(idx.retriever(engine="exact")(frame)) == 0 and len(idx.retriever(engine="taat")(frame)) == 0
+    with pytest.raises(ValueError, match="nothing to put in PISA"):
+        idx.retriever(engine="pisa")(frame)
+    assert not list((idx.path / "engines").glob("pisa*"))
 
 
 def test_native_build_output_held_unless_the_build_fails(capfd):
-    from pyterrier_d2s.index.core import _native_output_held
+    native_output_held = _pyterrier_pisa.native_output_held
 
-    with _native_output_held():
+    with native_output_held():
         os.write(1, b"Create index: 1% [0s]\n")
         os.write(2, b"Storing score upper bounds: 1% [0s]\n")
     assert capfd.readouterr() == ("", "")
-    with pytest.raises(RuntimeError, match="boom"), _native_output_held():
+    with pytest.raises(RuntimeError, match="boom"), native_output_held():
         os.write(2, b"[error] lexicon is corrupt\n")
         raise RuntimeError("boom")
     assert "[error] lexicon is corrupt" in capfd.readouterr().err

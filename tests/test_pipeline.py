@@ -16,10 +16,11 @@ from pyterrier_d2s.experiment import (
     query_flops,
 )
 from pyterrier_d2s.head import D2SHead, D2SHeadConfig
+from pyterrier_d2s.image_indexer import D2SImageIndexer
 from pyterrier_d2s.index import D2SIndex
 from pyterrier_d2s.measures import overlap_at_k, per_query_pearson
 from pyterrier_d2s.model import D2S
-from pyterrier_d2s.pipeline import D2SImageIndexer, ExpansionRescorer
+from pyterrier_d2s.rescorer import ExpansionRescorer
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_query_encoder_pruning(model, data):
 def test_pisa_scores_equal_exact_within_bound(model, index, data):
     topics = data.topics().head(50)
     enc = model.query_encoder(expansion=True)(topics)
-    res = index.retriever(num_results=10)(enc)
+    res = index.retriever(num_results=10, engine="pisa")(enc)
     fwd_rows = {d: i for i, d in enumerate(data.image_ids)}
     dvecs = model.head.encode(data.image_vectors)
     for qid, group in res.groupby("qid"):
@@ -98,7 +99,7 @@ def test_pisa_scores_equal_exact_within_bound(model, index, data):
         qvec = np.zeros(len(model.vocab))
         for t, w in toks.items():
             qvec[model.vocab.token_to_id[t]] = w
-        bound = index.error_bound(toks)
+        bound = index.engine("pisa").error_bound(toks)
         exact = dvecs[[fwd_rows[d] for d in group["docno"]]] @ qvec
         assert np.all(np.abs(group["score"].to_numpy() - exact) <= bound + 1e-9)
 
@@ -175,7 +176,7 @@ def test_expanded_pisa_equals_exact_engine(model, index, data):
     topics = data.topics().head(30)
     enc = model.query_encoder()(topics)
     k = 5
-    pisa = index.retriever(num_results=k)(enc)
+    pisa = index.retriever(num_results=k, engine="pisa")(enc)
     exact = index.retriever(num_results=k, engine="exact")(enc)
     # exact engine == brute force over float vectors
     q = model.head.encode(data.caption_vectors[:30])
@@ -187,7 +188,7 @@ def test_expanded_pisa_equals_exact_engine(model, index, data):
     # PISA agrees with exact on top-1 except where the two best are within the quantisation bound
     for qid, g in exact.groupby("qid"):
         p = pisa[pisa.qid == qid].sort_values("rank")
-        bound = index.error_bound(enc.loc[enc.qid == qid, "query_toks"].iloc[0])
+        bound = index.engine("pisa").error_bound(enc.loc[enc.qid == qid, "query_toks"].iloc[0])
         e = g.sort_values("rank")
         if p["docno"].iloc[0] != e["docno"].iloc[0]:
             assert e["score"].iloc[0] - e["score"].iloc[1] <= 2 * bound

@@ -22,18 +22,18 @@ retrieval alone. ``last_stats`` says how many queries were certified at which de
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyterrier_alpha as pta
 
-from .engines import Hits, QueryBatch, get_engine
-from .engines._base import sort_hits
-from .transformers import _assemble, _empty_result, _QueryToksRetriever
+from .core import D2SIndex
+from .engines import Engine, Hits, QueryBatch, engine_class, get_engine, sort_hits
+from .results import empty_result, hits_frame, score_pairs
+from .retrievers import QueryToksRetriever
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .core import D2SIndex
+__all__ = ["MARGIN", "D2SAdaptiveRetriever"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 MARGIN = 1e-4
 
 
-class D2SAdaptiveRetriever(_QueryToksRetriever):
+class D2SAdaptiveRetriever(QueryToksRetriever):
     """Seed retrieval + exact re-scoring with the expanded query, at a certified or calibrated depth.
 
     Input: ``qid`` + ``query_toks`` (the *expanded* query) and, if ``seed_column`` is given, that column
@@ -78,8 +78,6 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
         engine: str = "taat",
         threads: int = 1,
     ):
-        from .engines import engine_class
-
         if not engine_class(engine).exact:
             raise ValueError(f"the adaptive retriever needs an exact engine, not {engine!r}")
         if growth < 2:
@@ -106,21 +104,14 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
         return [["qid", "query_toks"] + ([self.seed_column] if self.seed_column else [])]
 
     # ---- the pieces --------------------------------------------------------------------------------------
-    def _term_max(self) -> np.ndarray:
-        cached = getattr(self.index, "_term_max_array", None)
-        fwd = self.index.forward()
-        if cached is None or cached[0] is not fwd:
-            m = fwd.matrix
-            tm = np.zeros(m.shape[1], dtype=np.float32)
-            if m.nnz:
-                np.maximum.at(tm, m.indices, m.data)
-            cached = (fwd, tm)
-            self.index._term_max_array = cached
-        return cached[1]
+    @property
+    def engine(self) -> Engine:
+        """The exact engine of the seed retrievals and the fallback."""
+        return get_engine(self.index, self.engine_name)
 
     def split(self, full: QueryBatch, seeds: list[set[int]] | None) -> tuple[QueryBatch, np.ndarray]:
         """(seed batch, bound R of each query's rest): see the module docstring."""
-        tmax = self._term_max()
+        tmax = self.index.forward().term_max_array
         indptr = [0]
         terms, weights = [], []
         rest = np.zeros(len(full), dtype=np.float64)
@@ -154,61 +145,33 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
 
         Returns (hits over positions' order: exact top-k of the candidates, c-th seed score per query).
         """
-        from .engines.taat import rescore
-
-        engine = get_engine(self.index, self.engine_name)
         sub_seed = seed.take(positions)
         sub_full = full.take(positions)
-        cand = engine.search(sub_seed, depth, threads=self.threads)
+        cand = self.engine.search(sub_seed, depth, threads=self.threads)
         n = len(positions)
         counts = np.bincount(cand.qpos, minlength=n)
         last = np.r_[0, np.cumsum(counts)] - 1
         s_c = np.where(counts >= depth, cand.scores[np.maximum(last[1:], 0)], 0.0)
-        scores = rescore(self.index, sub_full, cand.qpos, cand.rows).astype(np.float64)
+        scores = score_pairs(self.index, sub_full, cand.qpos, cand.rows)
         return sort_hits(cand.qpos, cand.rows, scores, self.num_results), s_c
 
     def search(self, full: QueryBatch, seeds: list[set[int]] | None = None) -> Hits:
         """Engine-level search (no DataFrames): ``Hits`` of the expanded queries ``full``."""
-        k = self.num_results
         seed, rest = self.split(full, seeds)
         live = np.flatnonzero(np.diff(full.indptr) > 0)
         parts: list[Hits] = []
-        stats = {"queries": int(len(live)), "certified": 0, "fallback": 0, "depths": []}
+        stats: dict[str, Any] = {"queries": int(len(live)), "certified": 0, "fallback": 0, "depths": []}
         if self.depth is not None:
             if len(live):
                 hits, _ = self._round(full, seed, live, self.depth)
                 parts.append(Hits(live[hits.qpos], hits.rows, hits.scores))
             stats["depths"] = [self.depth] * len(live)
         else:
-            pending = live
-            give_up = np.zeros(0, dtype=np.int64)
-            depth = self.start_depth
-            while len(pending):
-                hits, s_c = self._round(full, seed, pending, depth)
-                counts = np.bincount(hits.qpos, minlength=len(pending))
-                ends = np.cumsum(counts)
-                theta = np.where(counts >= k, hits.scores[np.maximum(ends - 1, 0)], 0.0)
-                bound = (s_c + rest[pending]) * (1 + MARGIN)
-                # fewer than k candidates scored > 0: certified only if nothing outside can score at all
-                ok = np.where(counts >= k, bound < theta, bound <= 0.0)
-                keep = ok[hits.qpos]
-                parts.append(Hits(pending[hits.qpos[keep]], hits.rows[keep], hits.scores[keep]))
-                stats["certified"] += int(ok.sum())
-                stats["depths"].extend([depth] * int(ok.sum()))
-                # deeper cannot help when the rest alone reaches theta (s_c only falls, theta rises little) or
-                # when every seed match was already retrieved: those go straight to the exact fallback
-                hopeless = ~ok & ((rest[pending] * (1 + MARGIN) >= theta) | (s_c <= 0.0))
-                give_up = np.r_[give_up, pending[hopeless]]
-                pending = pending[~ok & ~hopeless]
-                if depth >= self.max_depth:
-                    break
-                depth = min(self.max_depth, depth * self.growth)
-            pending = np.sort(np.r_[pending, give_up]).astype(np.int64)
-            if len(pending):
-                engine = get_engine(self.index, self.engine_name)
-                hits = engine.search(full.take(pending), k, threads=self.threads)
-                parts.append(Hits(pending[hits.qpos], hits.rows, hits.scores))
-                stats["fallback"] = int(len(pending))
+            uncertified = self._certify(full, seed, rest, live, parts, stats)
+            if len(uncertified):
+                hits = self.engine.search(full.take(uncertified), self.num_results, threads=self.threads)
+                parts.append(Hits(uncertified[hits.qpos], hits.rows, hits.scores))
+                stats["fallback"] = int(len(uncertified))
         self.last_stats = {
             **{k2: v for k2, v in stats.items() if k2 != "depths"},
             "mean_depth": float(np.mean(stats["depths"])) if stats["depths"] else 0.0,
@@ -219,8 +182,47 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
             np.concatenate([p.qpos for p in parts]),
             np.concatenate([p.rows for p in parts]),
             np.concatenate([p.scores for p in parts]),
-            k,
+            self.num_results,
         )
+
+    def _certify(
+        self,
+        full: QueryBatch,
+        seed: QueryBatch,
+        rest: np.ndarray,
+        live: np.ndarray,
+        parts: list[Hits],
+        stats: dict[str, Any],
+    ) -> np.ndarray:
+        """Deepen the seed retrieval of the queries at ``live`` until certified (their hits go into ``parts``).
+
+        Returns the positions of the queries left for the exact fallback, sorted.
+        """
+        k = self.num_results
+        pending = live
+        give_up = np.zeros(0, dtype=np.int64)
+        depth = self.start_depth
+        while len(pending):
+            hits, s_c = self._round(full, seed, pending, depth)
+            counts = np.bincount(hits.qpos, minlength=len(pending))
+            ends = np.cumsum(counts)
+            theta = np.where(counts >= k, hits.scores[np.maximum(ends - 1, 0)], 0.0)
+            bound = (s_c + rest[pending]) * (1 + MARGIN)
+            # fewer than k candidates scored > 0: certified only if nothing outside can score at all
+            ok = np.where(counts >= k, bound < theta, bound <= 0.0)
+            keep = ok[hits.qpos]
+            parts.append(Hits(pending[hits.qpos[keep]], hits.rows[keep], hits.scores[keep]))
+            stats["certified"] += int(ok.sum())
+            stats["depths"].extend([depth] * int(ok.sum()))
+            # deeper cannot help when the rest alone reaches theta (s_c only falls, theta rises little) or
+            # when every seed match was already retrieved: those go straight to the exact fallback
+            hopeless = ~ok & ((rest[pending] * (1 + MARGIN) >= theta) | (s_c <= 0.0))
+            give_up = np.r_[give_up, pending[hopeless]]
+            pending = pending[~ok & ~hopeless]
+            if depth >= self.max_depth:
+                break
+            depth = min(self.max_depth, depth * self.growth)
+        return np.sort(np.r_[pending, give_up]).astype(np.int64)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Top ``num_results`` documents of each expanded query."""
@@ -228,15 +230,10 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
             inp, extra_columns=["query_toks"] + ([self.seed_column] if self.seed_column else [])
         )
         if len(inp) == 0:
-            return _empty_result(inp)
+            return empty_result(inp)
         fwd = self.index.forward()
         full = QueryBatch.from_toks(fwd, inp["query_toks"])
-        hits = self.search(full, self._seed_sets(inp))
-        if len(hits.rows) == 0:
-            return _empty_result(inp)
-        starts = np.r_[0, np.flatnonzero(np.diff(hits.qpos)) + 1]
-        ranks = np.arange(len(hits.qpos)) - np.repeat(starts, np.diff(np.r_[starts, len(hits.qpos)]))
-        return _assemble(inp, hits.qpos, fwd, hits.rows, hits.scores, ranks)
+        return hits_frame(inp, self.search(full, self._seed_sets(inp)), fwd)
 
     def calibrate(
         self, sample: pd.DataFrame, target_recall: float = 0.99, depths: list[int] | None = None
@@ -249,31 +246,11 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
         for :meth:`transform`). The returned retriever is approximate: the target holds on the sample, not as a
         guarantee; ``calibration`` on it records the recall of every depth tried.
         """
-        fwd = self.index.forward()
-        n_docs = len(fwd.docnos)
+        n_docs = len(self.index.forward().docnos)
         default = [self.num_results * 2**i for i in range(40) if self.num_results * 2 ** (i - 1) < n_docs]
         depths = sorted({min(int(d), n_docs) for d in (depths or default)})
-        full = QueryBatch.from_toks(fwd, sample["query_toks"])
-        seeds = self._seed_sets(sample)
-        engine = get_engine(self.index, self.engine_name)
-        truth = engine.search(full, self.num_results, threads=self.threads)
-        want = [set() for _ in range(len(full))]
-        for q, r in zip(truth.qpos.tolist(), truth.rows.tolist(), strict=True):
-            want[q].add(r)
-        seed, _ = self.split(full, seeds)
-        live = np.flatnonzero([len(w) > 0 for w in want])
-        curve: dict[int, float] = {}
-        chosen = depths[-1]
-        for d in depths:
-            hits, _ = self._round(full, seed, live, d)
-            got = [set() for _ in range(len(live))]
-            for q, r in zip(hits.qpos.tolist(), hits.rows.tolist(), strict=True):
-                got[q].add(r)
-            rec = float(np.mean([len(g & want[p]) / len(want[p]) for g, p in zip(got, live, strict=True)]))
-            curve[d] = rec if len(live) else 1.0
-            if curve[d] >= target_recall:
-                chosen = d
-                break
+        curve = self._recall_curve(sample, depths, target_recall)
+        chosen = next((d for d, recall in curve.items() if recall >= target_recall), depths[-1])
         out = D2SAdaptiveRetriever(
             self.index,
             self.num_results,
@@ -287,3 +264,45 @@ class D2SAdaptiveRetriever(_QueryToksRetriever):
         if curve.get(chosen, 0.0) < target_recall:
             logger.warning("no depth up to %d reached recall %.3f on the sample", chosen, target_recall)
         return out
+
+    def _recall_curve(
+        self, sample: pd.DataFrame, depths: list[int], target_recall: float
+    ) -> dict[int, float]:
+        """Recall@k of the fixed depths ``depths`` on ``sample``, in order, up to the first reaching the target."""
+        full = QueryBatch.from_toks(self.index.forward(), sample["query_toks"])
+        want = _row_sets(self.engine.search(full, self.num_results, threads=self.threads), len(full))
+        seed, _ = self.split(full, self._seed_sets(sample))
+        live = np.flatnonzero([len(w) > 0 for w in want])
+        curve: dict[int, float] = {}
+        for d in depths:
+            hits, _ = self._round(full, seed, live, d)
+            got = _row_sets(hits, len(live))
+            recalls = [len(g & want[p]) / len(want[p]) for g, p in zip(got, live, strict=True)]
+            curve[d] = float(np.mean(recalls)) if len(live) else 1.0
+            if curve[d] >= target_recall:
+                break
+        return curve
+
+
+def _row_sets(hits: Hits, n: int) -> list[set[int]]:
+    """The set of forward-store rows retrieved for each of ``n`` queries."""
+    sets: list[set[int]] = [set() for _ in range(n)]
+    for q, r in zip(hits.qpos.tolist(), hits.rows.tolist(), strict=True):
+        sets[q].add(r)
+    return sets
+
+
+def _adaptive_retriever(self: D2SIndex, num_results: int = 10, **kwargs: Any) -> D2SAdaptiveRetriever:
+    """ "No expansion >> expansion" at a certified (exact) or calibrated candidate depth.
+
+    Retrieves with a seed of each expanded query (its own terms via ``seed_column``, or its heaviest
+    ``seed_terms`` terms), re-scores the candidates exactly with the whole query, and deepens until a bound
+    proves that no other document can enter the top-k (falling back to exact retrieval past ``max_depth``);
+    or, with ``depth=`` / :meth:`~pyterrier_d2s.index.adaptive.D2SAdaptiveRetriever.calibrate`, uses a
+    fixed depth chosen for a target recall on a sample of queries. See
+    :class:`~pyterrier_d2s.index.adaptive.D2SAdaptiveRetriever` for the arguments and the bound.
+    """
+    return D2SAdaptiveRetriever(self, num_results, **kwargs)
+
+
+D2SIndex.adaptive_retriever = _adaptive_retriever

@@ -1,7 +1,8 @@
 """Integrity of an index directory: a manifest of its files, and the checks that run before native code.
 
-A build records every file's size and SHA-256 in ``manifest.json`` (engine caches under ``engines/`` are not
-part of it: they are rebuilt when broken). Opening an index compares sizes (cheap) and the hashes of the small
+A build records every file's size and SHA-256 in ``manifest.json``. Engine files under ``engines/`` (taat,
+pisa, seismic) are not part of it: each engine build records its own files' hashes in its ``engine.json``,
+checked whenever the engine loads them, and is rebuilt when broken. Opening an index compares sizes (cheap) and the hashes of the small
 text files whose damage would silently mislabel results (``docnos.txt``, ``terms.txt``), and checks the
 structural invariants that numba kernels and PISA rely on; ``d2s check`` verifies every hash.
 """
@@ -121,23 +122,32 @@ def verify(directory: Path) -> list[str]:
 
 def check_csr(matrix: sp.csr_matrix, shape: tuple[int, int], what: str) -> None:
     """The CSR invariants kernels index with: shape, indptr from 0 to nnz and non-decreasing, column ids in
-    range, finite non-negative weights."""
+    range, finite non-negative weights. Raises :class:`IndexDamaged` naming the first that fails."""
+    problem = _csr_layout_problem(matrix, shape) or _csr_values_problem(matrix, shape[1])
+    if problem:
+        raise IndexDamaged(f"{what}: {problem}; rebuild the index")
+
+
+def _csr_layout_problem(matrix: sp.csr_matrix, shape: tuple[int, int]) -> str | None:
     indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
-    problem = None
     if matrix.shape != shape:
-        problem = f"shape {matrix.shape}, expected {shape}"
-    elif (
+        return f"shape {matrix.shape}, expected {shape}"
+    if (
         len(indptr) != shape[0] + 1
         or indptr[0] != 0
         or indptr[-1] != len(indices)
         or len(data) != len(indices)
     ):
-        problem = "row pointers do not match the stored entries"
-    elif len(indptr) > 1 and (np.diff(indptr) < 0).any():
-        problem = "row pointers decrease"
-    elif len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= shape[1]):
-        problem = "column ids out of range"
-    elif len(data) and not (np.isfinite(data).all() and (data >= 0).all()):
-        problem = "weights that are negative, NaN or infinite"
-    if problem:
-        raise IndexDamaged(f"{what}: {problem}; rebuild the index")
+        return "row pointers do not match the stored entries"
+    if len(indptr) > 1 and (np.diff(indptr) < 0).any():
+        return "row pointers decrease"
+    return None
+
+
+def _csr_values_problem(matrix: sp.csr_matrix, n_columns: int) -> str | None:
+    indices, data = matrix.indices, matrix.data
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_columns):
+        return "column ids out of range"
+    if len(data) and not (np.isfinite(data).all() and (data >= 0).all()):
+        return "weights that are negative, NaN or infinite"
+    return None

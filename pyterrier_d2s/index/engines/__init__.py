@@ -10,26 +10,36 @@ engine     exact   how                                                          
 ``seismic`` no     Seismic (static pruning + block summaries), re-scored exactly         ``[seismic]`` extra
 ========== ======= ==================================================================== ==================
 
-``D2SIndex.retriever(engine=...)`` picks one; :func:`get_engine` returns the (per-index, cached) engine object.
+``D2SIndex.retriever(engine=...)`` picks one; :func:`get_engine` (attached as ``D2SIndex.engine``) returns the
+per-index engine object, kept in the index's cache. Engines register in :data:`ENGINES` by module path and are
+imported on first use, so optional dependencies stay optional. Engines import the index core, never the
+retrievers built on them.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
-from ._base import Engine, Hits, MissingDependencyError, QueryBatch
+from ..core import D2SIndex
+from ._base import Engine, Hits, MissingDependencyError, QueryBatch, group_ranks, sort_hits
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..core import D2SIndex
-
-__all__ = ["ENGINES", "Engine", "Hits", "MissingDependencyError", "QueryBatch", "engine_class", "get_engine"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "Hits",
+    "MissingDependencyError",
+    "QueryBatch",
+    "engine_class",
+    "get_engine",
+    "group_ranks",
+    "sort_hits",
+]
 
 #: engine name -> "module:class" (modules are imported on demand, so optional dependencies stay optional)
 ENGINES: dict[str, str] = {
     "taat": ".taat:TaatEngine",
     "exact": ".exact:ExactEngine",
-    "pisa": ".pisa:PisaEngine",
+    "pisa": ".pisa.engine:PisaEngine",
     "seismic": ".seismic:SeismicEngine",
 }
 
@@ -55,7 +65,18 @@ def get_engine(index: D2SIndex, name: str) -> Engine:
     """
     cls = engine_class(name)
     cls.check_available()
-    engines = index.__dict__.setdefault("_engines", {})
-    if name not in engines:
-        engines[name] = cls(index)
-    return engines[name]
+    return index.cached(("engine", name), lambda: cls(index))
+
+
+def _engine(self: D2SIndex, name: str) -> Engine:
+    """Engine ``name`` of this index (one object per index, holding what it loaded; see
+    :mod:`pyterrier_d2s.index.engines`), e.g. ``index.engine("pisa").error_bound(query_toks)``.
+
+    Raises:
+        ValueError: for an unknown engine name.
+        MissingDependencyError: when its optional dependency is not installed.
+    """
+    return get_engine(self, name)
+
+
+D2SIndex.engine = _engine

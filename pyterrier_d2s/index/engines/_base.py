@@ -4,7 +4,7 @@ An engine answers top-k queries over the documents of one :class:`~pyterrier_d2s
 queries as a :class:`QueryBatch` (CSR rows over the index's term ids, float32 weights, unknown terms and
 non-positive weights already dropped) and returns :class:`Hits` (row numbers of the forward store, scores in
 float dot-product units, grouped by query in input order, best first, ties by row). The PyTerrier
-transformer around it (:class:`~pyterrier_d2s.index.transformers.D2SRetriever`) does the DataFrame plumbing.
+transformer around it (:class:`~pyterrier_d2s.index.retrievers.D2SRetriever`) does the DataFrame plumbing.
 
 Engines that need their own data structures build them from the forward store on first use and keep them in
 ``<index>/engines/<name>-v<version>[-<settings>]/`` (see :func:`cached_build`): built in a temporary sibling
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .._store import ForwardStore
+from ..forward import ForwardStore
 from ..integrity import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,6 +126,10 @@ class Hits:
         """No hits."""
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
 
+    def ranks(self) -> np.ndarray:
+        """0-based rank of each hit within its query (hits are grouped by query, best first)."""
+        return group_ranks(self.qpos)
+
     @classmethod
     def from_padded(cls, rows: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> Hits:
         """From ``[n, k]`` arrays of which the first ``counts[i]`` entries of row ``i`` are used."""
@@ -139,17 +143,22 @@ class Hits:
         )
 
 
+def group_ranks(groups: np.ndarray) -> np.ndarray:
+    """Position of each entry within its run of equal values of ``groups`` (grouped, e.g. by query): 0, 1, ..."""
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
+    return np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+
+
 def sort_hits(qpos: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> Hits:
     """Group by query, best first (ties by row), keep at most ``k`` per query and only positive scores."""
     keep = scores > 0
     qpos, rows, scores = qpos[keep], rows[keep], scores[keep]
     order = np.lexsort((rows, -scores, qpos))
     qpos, rows, scores = qpos[order], rows[order], scores[order]
-    if len(qpos):
-        starts = np.r_[0, np.flatnonzero(np.diff(qpos)) + 1]
-        rank = np.arange(len(qpos)) - np.repeat(starts, np.diff(np.r_[starts, len(qpos)]))
-        sel = rank < k
-        qpos, rows, scores = qpos[sel], rows[sel], scores[sel]
+    sel = group_ranks(qpos) < k
+    qpos, rows, scores = qpos[sel], rows[sel], scores[sel]
     return Hits(qpos.astype(np.int64), rows.astype(np.int64), scores.astype(np.float64))
 
 
@@ -224,9 +233,10 @@ def cached_build(
 
     ``build(tmp_dir)`` writes the files into an empty directory and returns a JSON-able description; it runs
     in a temporary sibling of the final directory, which is renamed into place only after ``engine.json``
-    (written last) is complete. A build killed part-way therefore leaves only a ``.tmp-`` directory, which is
-    never loaded and is removed by the next successful build. If the index directory is not writable the
-    engine is built into a per-process temporary directory instead (and a warning says so).
+    (written last, with every file's SHA-256) is complete. A build killed part-way therefore leaves only a
+    ``.tmp-`` directory, which is never loaded and is removed by the next successful build. Finished files
+    that no longer match their recorded hashes are rebuilt. If the index directory is not writable the engine
+    is built into a per-process temporary directory instead (and a warning says so).
 
     Args:
         index: the D2S index.
@@ -235,53 +245,65 @@ def cached_build(
         build: the builder.
         settings: build settings that change the files (part of the directory name).
     """
-    if not index.built():
-        raise FileNotFoundError(f"no built D2S index at {str(index.path)!r}")
+    index.require_built()
     final = cache_dir(index, name, version, settings)
-    parent, tag = final.parent, final.name
+    if _usable(final):
+        return final
+    try:
+        final.parent.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:
+        fallback = (
+            _process_cache() / f"{uuid.uuid5(uuid.NAMESPACE_URL, str(index.path.resolve()))}" / final.name
+        )
+        if (fallback / _DONE_FILE).exists():
+            return fallback
+        logger.warning(
+            "cannot write engine files into %s (%s); building %r in %s for this process",
+            final.parent,
+            e,
+            name,
+            fallback,
+        )
+        fallback.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=fallback.parent))
+        final = fallback
+    _build_into_place(tmp, final, name, version, build)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by killed builds
+        _remove_if_stale(stale)
+    return final
+
+
+def _usable(final: Path) -> bool:
+    """Whether ``final`` holds a finished, undamaged build; removes an unfinished or damaged one."""
     if (final / _DONE_FILE).exists():
         problem = _damage(final)
         if problem is None:
-            return final
+            return True
         logger.warning("engine files at %s are damaged (%s); rebuilding them", final, problem)
         shutil.rmtree(final, ignore_errors=True)
     if final.exists():
         # no engine.json: not a finished build (a copy cut short, a file deleted by hand); rebuild it
         logger.warning("engine directory %s has no %s; rebuilding it", final, _DONE_FILE)
         shutil.rmtree(final, ignore_errors=True)
-    try:
-        parent.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.tmp-", dir=parent))
-    except OSError as e:
-        fallback = _process_cache() / f"{uuid.uuid5(uuid.NAMESPACE_URL, str(index.path.resolve()))}" / tag
-        if (fallback / _DONE_FILE).exists():
-            return fallback
-        logger.warning(
-            "cannot write engine files into %s (%s); building %r in %s for this process",
-            parent,
-            e,
-            name,
-            fallback,
-        )
-        fallback.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{tag}.tmp-", dir=fallback.parent))
-        final = fallback
+    return False
+
+
+def _build_into_place(tmp: Path, final: Path, name: str, version: int, build: Callable[[Path], dict]) -> None:
+    """Run ``build`` in ``tmp``, record ``engine.json`` there and rename ``tmp`` to ``final`` (``tmp`` goes on failure)."""
     try:
         started = time.perf_counter()
         info = build(tmp)
         seconds = round(time.perf_counter() - started, 3)
         hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / _DONE_FILE).write_text(
-            json.dumps(
-                {
-                    "engine": name,
-                    "version": version,
-                    "build_seconds": seconds,
-                    **(info or {}),
-                    "files": hashes,
-                }
-            )
-        )
+        record = {
+            "engine": name,
+            "version": version,
+            "build_seconds": seconds,
+            **(info or {}),
+            "files": hashes,
+        }
+        (tmp / _DONE_FILE).write_text(json.dumps(record))
         try:
             os.rename(tmp, final)
         except OSError:
@@ -291,9 +313,6 @@ def cached_build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for stale in final.parent.glob(f".{tag}.tmp-*"):  # left by killed builds
-        _remove_if_stale(stale)
-    return final
 
 
 def _damage(path: Path) -> str | None:

@@ -25,16 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ._base import (
-    Engine,
-    Hits,
-    MissingDependencyError,
-    QueryBatch,
-    cached_build,
-    is_cached,
-    require,
-    sort_hits,
-)
+from ._base import Engine, Hits, QueryBatch, cached_build, is_cached, require, sort_hits
+from .pair_scores import score_pairs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core import D2SIndex
@@ -161,18 +153,10 @@ class SeismicEngine(Engine):
             return Hits.empty()
         idx = self.seismic_index(**build)
         st = seismic.get_seismic_string()
-        lengths = np.diff(queries.indptr)
-        # queries grouped by their (query_cut, heap_factor): one batch_search call per group
-        groups: dict[tuple[int, float], list[int]] = {}
-        for i in np.flatnonzero(lengths > 0).tolist():
-            auto_cut, auto_hf = auto_knobs(k, int(lengths[i]))
-            knobs = (
-                auto_cut if query_cut is None else int(query_cut),
-                auto_hf if heap_factor is None else float(heap_factor),
-            )
-            groups.setdefault(knobs, []).append(i)
-        qpos_l, rows_l, scores_l = [], [], []
-        for (cut, hf), members in groups.items():
+        qpos_l: list[int] = []
+        rows_l: list[int] = []
+        scores_l: list[float] = []
+        for (cut, hf), members in _knob_groups(queries, k, query_cut, heap_factor).items():
             comps = [np.array([str(t) for t in queries.row(i)[0].tolist()], dtype=st) for i in members]
             vals = [np.ascontiguousarray(queries.row(i)[1], dtype=np.float32) for i in members]
             ids = np.array([str(i) for i in members], dtype=st)
@@ -190,16 +174,21 @@ class SeismicEngine(Engine):
         rows = np.asarray(rows_l, dtype=np.int64)
         scores = np.asarray(scores_l, dtype=np.float64)
         if rescore and len(rows):
-            try:
-                from .taat import rescore as exact_rescore
-
-                scores = exact_rescore(self.index, queries, qpos, rows).astype(np.float64)
-            except MissingDependencyError:  # pragma: no cover - numba is a core dependency
-                fwd = self.index.forward()
-                for qi in np.unique(qpos):
-                    sel = qpos == qi
-                    t, w = queries.row(int(qi))
-                    qd = np.zeros(len(fwd.terms), dtype=np.float32)
-                    qd[t] = w
-                    scores[sel] = fwd.matrix[rows[sel]] @ qd
+            scores = score_pairs(self.index, queries, qpos, rows)
         return sort_hits(qpos, rows, scores, k)
+
+
+def _knob_groups(
+    queries: QueryBatch, k: int, query_cut: int | None, heap_factor: float | None
+) -> dict[tuple[int, float], list[int]]:
+    """Positions of the non-empty queries grouped by their (query_cut, heap_factor): one batch_search call each."""
+    lengths = np.diff(queries.indptr)
+    groups: dict[tuple[int, float], list[int]] = {}
+    for i in np.flatnonzero(lengths > 0).tolist():
+        auto_cut, auto_hf = auto_knobs(k, int(lengths[i]))
+        knobs = (
+            auto_cut if query_cut is None else int(query_cut),
+            auto_hf if heap_factor is None else float(heap_factor),
+        )
+        groups.setdefault(knobs, []).append(i)
+    return groups

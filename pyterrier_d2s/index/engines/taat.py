@@ -78,23 +78,25 @@ def _compile() -> dict[str, Any]:
 
 
 def forward_arrays(index: D2SIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The forward store's CSR arrays with the dtypes the kernels are compiled for (cached on the index)."""
-    cached = getattr(index, "_taat_forward", None)
-    fwd = index.forward()
-    if cached is None or cached[0] is not fwd:
-        m = fwd.matrix
-        arrays = (
+    """The forward store's CSR arrays with the dtypes the kernels are compiled for (kept in the index's cache)."""
+
+    def contiguous() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = index.forward().matrix
+        return (
             np.ascontiguousarray(m.indptr, dtype=np.int64),
             np.ascontiguousarray(m.indices, dtype=np.int32),
             np.ascontiguousarray(m.data, dtype=np.float32),
         )
-        cached = (fwd, arrays)
-        index._taat_forward = cached
-    return cached[1]
+
+    return index.cached(("taat", "forward_arrays"), contiguous)
 
 
 def rescore(index: D2SIndex, queries: QueryBatch, qpos: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Exact float32 scores of (query, document row) pairs, grouped by query (any order within a group)."""
+    """Exact float32 scores of (query, document row) pairs, grouped by query (any order within a group).
+
+    The compiled kernel (raises :class:`MissingDependencyError` without numba); use
+    :func:`~pyterrier_d2s.index.engines.pair_scores.score_pairs` for any order and a scipy fallback.
+    """
     out = np.empty(len(rows), dtype=np.float32)
     if len(rows):
         f_indptr, f_indices, f_data = forward_arrays(index)
@@ -151,6 +153,32 @@ def build_layout(matrix: sp.csr_matrix, dense_min_df: float) -> dict[str, np.nda
 
 
 _LAYOUT_ARRAYS = ("dense_terms", "dense_step", "dense", "post_indptr", "post_docs", "post_w")
+
+
+def _dense_problem(lay: dict[str, np.ndarray], n_docs: int, n_terms: int) -> str | None:
+    """What is wrong with the dense byte columns of a loaded layout (None if nothing)."""
+    dt, dense, step = lay["dense_terms"], lay["dense"], lay["dense_step"]
+    if not (dt.ndim == 1 and (len(dt) == 0 or (dt.min() >= 0 and dt.max() < n_terms))):
+        return "dense term ids"
+    if not (dense.dtype == np.uint8 and dense.shape == (len(dt), n_docs)):
+        return "dense block shape"
+    if not (step.shape == (len(dt),) and bool(np.isfinite(step).all())):
+        return "dense steps"
+    return None
+
+
+def _postings_problem(lay: dict[str, np.ndarray], n_docs: int, n_terms: int) -> str | None:
+    """What is wrong with the posting lists of a loaded layout (None if nothing)."""
+    ip, docs, w = lay["post_indptr"], lay["post_docs"], lay["post_w"]
+    if not (ip.ndim == 1 and len(ip) == n_terms + 1 and ip[0] == 0 and ip[-1] == len(docs)):
+        return "posting offsets"
+    if not bool((np.diff(ip) >= 0).all()):
+        return "posting offsets decrease"
+    if not (docs.dtype == np.int32 and (len(docs) == 0 or (docs.min() >= 0 and docs.max() < n_docs))):
+        return "doc ids"
+    if not (w.shape == docs.shape and bool(np.isfinite(w).all())):
+        return "posting weights"
+    return None
 
 
 class TaatEngine(Engine):
@@ -231,25 +259,7 @@ class TaatEngine(Engine):
             lay = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in _LAYOUT_ARRAYS}
         except (OSError, ValueError, EOFError) as e:
             return {}, f"unreadable array ({e})"
-        dt, ip, docs, w = lay["dense_terms"], lay["post_indptr"], lay["post_docs"], lay["post_w"]
-        dense, step = lay["dense"], lay["dense_step"]
-        checks = [
-            (dt.ndim == 1 and (len(dt) == 0 or (dt.min() >= 0 and dt.max() < n_terms)), "dense term ids"),
-            (dense.dtype == np.uint8 and dense.shape == (len(dt), n_docs), "dense block shape"),
-            (step.shape == (len(dt),) and bool(np.isfinite(step).all()), "dense steps"),
-            (
-                ip.ndim == 1 and len(ip) == n_terms + 1 and ip[0] == 0 and ip[-1] == len(docs),
-                "posting offsets",
-            ),
-            (bool((np.diff(ip) >= 0).all()), "posting offsets decrease"),
-            (
-                docs.dtype == np.int32 and (len(docs) == 0 or (docs.min() >= 0 and docs.max() < n_docs)),
-                "doc ids",
-            ),
-            (w.shape == docs.shape and bool(np.isfinite(w).all()), "posting weights"),
-        ]
-        problem = next((what for ok, what in checks if not ok), None)
-        return lay, problem
+        return lay, _dense_problem(lay, n_docs, n_terms) or _postings_problem(lay, n_docs, n_terms)
 
     def prepare(self, dense_min_df: float = DEFAULT_DENSE_MIN_DF) -> None:
         """Build/load the layout and compile the kernels now."""

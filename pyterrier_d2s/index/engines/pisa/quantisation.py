@@ -1,4 +1,4 @@
-"""Integer quantisation of sparse weights for PISA, and the score error it causes.
+"""Integer quantisation of sparse weights for the PISA engine, and the score error it causes.
 
 PISA stores integer impacts. A document weight ``d`` is stored as ``D = floor(s * d)`` (document scale ``s``)
 and a query weight ``q`` is sent as ``Q = floor(t * q)`` copies of the term (query scale ``t``); with the

@@ -1,8 +1,7 @@
-"""On-disk pieces of a D2S index: the forward store (exact float vectors) and the PISA collection writer."""
+"""The forward store of a D2S index: the exact float32 sparse vectors, their terms and docnos, on disk and loaded."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -14,20 +13,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .quantisation import quantise
-
 logger = logging.getLogger(__name__)
 
 FORWARD_FILE = "forward.npz"
 TERMS_FILE = "terms.txt"
 DOCNOS_FILE = "docnos.txt"
-PISA_DIR = "pisa"
 
 # Largest query weight accepted (D2S weights are log(1 + x), below ~20): float32 scores stay finite.
 MAX_QUERY_WEIGHT = 1e15
-
-# Largest impact PISA's uint32 postings can hold.
-_MAX_IMPACT = 2**32 - 1
 
 
 _warned_case = False
@@ -84,14 +77,17 @@ class ForwardStore:
         return np.bincount(self.matrix.indices[self.matrix.data > 0], minlength=len(self.terms))
 
     @cached_property
+    def term_max_array(self) -> np.ndarray:
+        """Largest document weight of each term (column), float32; 0 for a term no document has."""
+        term_max = np.zeros(self.matrix.shape[1], dtype=np.float32)
+        if self.matrix.nnz:
+            np.maximum.at(term_max, self.matrix.indices, self.matrix.data)
+        return term_max
+
+    @cached_property
     def term_max(self) -> dict[str, float]:
-        """Largest document weight of each term (used by the quantisation error bound)."""
-        m = (
-            np.asarray(self.matrix.max(axis=0).todense()).ravel()
-            if self.matrix.nnz
-            else np.zeros(len(self.terms))
-        )
-        return dict(zip(self.terms.tolist(), m.astype(np.float64).tolist(), strict=True))
+        """term -> largest document weight (used by the quantisation error bound)."""
+        return dict(zip(self.terms.tolist(), self.term_max_array.astype(np.float64).tolist(), strict=True))
 
     def rows(self, docnos: list[str] | np.ndarray) -> np.ndarray:
         """Row numbers of ``docnos``.
@@ -157,8 +153,8 @@ class ForwardStore:
         """Write the store into directory ``path``."""
         # Uncompressed: loading speed matters more than a few MB.
         sp.save_npz(path / FORWARD_FILE, matrix, compressed=False)
-        _write_lines(path / TERMS_FILE, terms)
-        _write_lines(path / DOCNOS_FILE, docnos)
+        write_lines(path / TERMS_FILE, terms)
+        write_lines(path / DOCNOS_FILE, docnos)
 
     @classmethod
     def load(cls, path: Path) -> ForwardStore:
@@ -173,7 +169,8 @@ class ForwardStore:
         return cls(matrix, terms, docnos)
 
 
-def _write_lines(path: Path, items: np.ndarray) -> None:
+def write_lines(path: Path, items: np.ndarray) -> None:
+    """Write one item per line, ``\\n``-terminated, UTF-8 (the format of ``terms.txt`` and ``docnos.txt``)."""
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for item in items.tolist():
             f.write(f"{item}\n")
@@ -183,75 +180,3 @@ def _read_lines(path: Path) -> np.ndarray:
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")[:-1] if text else []
     return np.array(lines, dtype=str) if lines else np.array([], dtype=str)
-
-
-def write_pisa_collection(
-    path: Path, matrix: sp.csr_matrix, terms: np.ndarray, docnos: np.ndarray, scale: float
-) -> dict:
-    """Write the quantised matrix as an uncompressed PISA collection, as pyterrier-pisa's toks indexer would.
-
-    The files (``inv.docs/.freqs/.sizes``, ``fwd.documents/.terms`` and their binary lexicons) are
-    byte-identical to ``PisaIndex(path, stemmer='none').toks_indexer(scale=scale).index(...)`` on the same
-    documents (a test checks this), but are produced with vectorised numpy instead of a Python loop over every
-    posting: PISA compresses them into its block index on first use. Terms whose every weight truncates to 0
-    are left out of PISA's lexicon, like the toks indexer does.
-
-    Returns:
-        statistics: ``pisa_terms`` and ``pisa_postings``.
-    """
-    from pyterrier_pisa import _pisathon
-
-    path.mkdir(parents=True, exist_ok=True)
-    impacts = quantise(matrix.data, scale)
-    if impacts.size and impacts.max() > _MAX_IMPACT:
-        raise ValueError(f"scale {scale} overflows PISA's uint32 impacts (max weight {matrix.data.max()})")
-    # copies: eliminate_zeros() works in place and must not touch the caller's float matrix
-    q = sp.csr_matrix((impacts, matrix.indices.copy(), matrix.indptr.copy()), shape=matrix.shape)
-    q.eliminate_zeros()
-    if q.nnz == 0:
-        # PISA aborts the whole process (C++ terminate) on an index without postings
-        raise ValueError(f"no document weight reaches 1/scale = {1 / scale:g}: nothing to put in PISA")
-    doc_lens = np.asarray(q.sum(axis=1)).ravel().astype(np.uint32)
-    postings = q.tocsc()
-    postings.sort_indices()
-    df = np.diff(postings.indptr)
-    # PISA's lexicon is sorted; numpy's unicode sort is by code point, as Python's sorted() used by the toks indexer.
-    order = np.argsort(terms, kind="stable")
-    order = order[df[order] > 0]
-    ndocs = matrix.shape[0]
-
-    # Each posting list is [length, items...]; build all of them in one gather.
-    lens = df[order]
-    starts = postings.indptr[order]
-    out_len = int(lens.sum()) + len(order)
-    heads = np.zeros(len(order), dtype=np.int64)
-    if len(order):
-        heads[1:] = np.cumsum(lens + 1)[:-1]
-    is_head = np.zeros(out_len, dtype=bool)
-    is_head[heads] = True
-    # source position of each non-head slot: list start + offset within list
-    src = np.repeat(starts - (heads + 1), lens) + np.flatnonzero(~is_head)
-    docs = np.empty(out_len, dtype=np.uint32)
-    freqs = np.empty(out_len, dtype=np.uint32)
-    docs[heads] = lens
-    freqs[heads] = lens
-    docs[~is_head] = postings.indices[src]
-    freqs[~is_head] = postings.data[src]
-
-    with open(path / "inv.docs", "wb") as f:
-        f.write(np.array([1, ndocs], dtype=np.uint32).tobytes())
-        f.write(docs.tobytes())
-    with open(path / "inv.freqs", "wb") as f:
-        f.write(freqs.tobytes())
-    with open(path / "inv.sizes", "wb") as f:
-        f.write(np.array([ndocs], dtype=np.uint32).tobytes())
-        f.write(doc_lens.tobytes())
-    _write_lines(path / "fwd.documents", docnos)
-    _write_lines(path / "fwd.terms", terms[order])
-    _pisathon.build_binlex(str(path / "fwd.documents"), str(path / "fwd.doclex"))
-    _pisathon.build_binlex(str(path / "fwd.terms"), str(path / "fwd.termlex"))
-    with open(path / "pt_meta.json", "w") as f:
-        json.dump(
-            {"type": "sparse_index", "format": "pisa", "package_hint": "pyterrier-pisa", "stemmer": "none"}, f
-        )
-    return {"pisa_terms": int(len(order)), "pisa_postings": int(lens.sum())}

@@ -1,0 +1,8 @@
+"""The PISA engine: PISA dynamic pruning over quantised impacts (:mod:`.engine`), the quantisation and its
+error bound (:mod:`.quantisation`), and the one module that knows pyterrier-pisa's internals
+(:mod:`._pyterrier_pisa`)."""
+
+from . import quantisation
+from .engine import DEFAULT_ALGORITHM, DEFAULT_MAX_MASS_LOSS, PisaCollection, PisaEngine
+
+__all__ = ["DEFAULT_ALGORITHM", "DEFAULT_MAX_MASS_LOSS", "PisaCollection", "PisaEngine", "quantisation"]

@@ -1,0 +1,102 @@
+"""Result frames and exact re-scoring, shared by every retriever and re-scorer of a :class:`D2SIndex`.
+
+Retrievers turn engine :class:`~.engines.Hits` into PyTerrier result frames (:func:`hits_frame`,
+:func:`empty_result`); re-scorers take a result frame apart into query groups and forward-store rows
+(:func:`query_groups`, :func:`candidate_rows`), score the pairs exactly (:func:`score_pairs`: the compiled
+kernel, scipy without numba) and sort it again (:func:`rerank`, :func:`empty_reranked`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyterrier_alpha as pta
+
+from .engines import Hits, group_ranks
+from .engines.pair_scores import score_pairs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .forward import ForwardStore
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "candidate_rows",
+    "empty_reranked",
+    "empty_result",
+    "hits_frame",
+    "query_groups",
+    "query_result_columns",
+    "rerank",
+    "score_pairs",
+]
+
+#: the columns a retriever adds to the query columns
+RESULT_COLUMNS = ["docno", "score", "rank"]
+
+
+def query_result_columns(input_columns: list[str]) -> list[str]:
+    """Output columns of a retriever for a query frame with ``input_columns`` (validated: ``query_toks``)."""
+    pta.validate.query_frame(input_columns, extra_columns=["query_toks"])
+    return [c for c in input_columns if c not in RESULT_COLUMNS] + RESULT_COLUMNS
+
+
+def empty_result(inp: pd.DataFrame) -> pd.DataFrame:
+    """A result frame without rows for the query frame ``inp``: its columns + docno (object), score, rank."""
+    cols = [c for c in inp.columns if c not in RESULT_COLUMNS] + RESULT_COLUMNS
+    out = pd.DataFrame({c: pd.Series(dtype=inp[c].dtype if c in inp.columns else object) for c in cols})
+    return out.astype({"docno": object, "score": np.float64, "rank": np.int64})
+
+
+def hits_frame(inp: pd.DataFrame, hits: Hits, fwd: ForwardStore) -> pd.DataFrame:
+    """Result frame of ``hits`` (over the queries of ``inp``, by position): the query columns + docno/score/rank."""
+    if len(hits.qpos) == 0:
+        return empty_result(inp)
+    # one DataFrame construction from arrays taken by position: iloc/drop/setitem chains cost milliseconds per
+    # query, and going through numpy object arrays makes pandas convert every string back to its str dtype
+    cols = {c: inp[c].array.take(hits.qpos) for c in inp.columns if c not in RESULT_COLUMNS}
+    cols["docno"] = fwd.docno_array.take(hits.rows)
+    cols["score"] = hits.scores.astype(np.float64)
+    cols["rank"] = hits.ranks().astype(np.int64)
+    return pd.DataFrame(cols)
+
+
+def query_groups(qids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each row's query, numbered in order of first appearance; the first row of each query)."""
+    qcodes, _ = pd.factorize(qids, sort=False)
+    return qcodes, np.unique(qcodes, return_index=True)[1]
+
+
+def candidate_rows(fwd: ForwardStore, docnos: pd.Series) -> np.ndarray:
+    """Forward-store rows of a result frame's ``docno`` column (KeyError naming docnos not in the index)."""
+    return fwd.rows([d if isinstance(d, str) else str(d) for d in docnos.tolist()])
+
+
+def empty_reranked(inp: pd.DataFrame, out_cols: list[str]) -> pd.DataFrame:
+    """What a re-ranker returns for an empty frame: no rows, ``out_cols``, float ``score`` and int ``rank``."""
+    return inp.reindex(columns=out_cols).astype({"score": np.float64, "rank": np.int64})
+
+
+def rerank(
+    inp: pd.DataFrame,
+    qcodes: np.ndarray,
+    scores: np.ndarray,
+    out_cols: list[str],
+    replaced: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """``inp`` with new ``score``s, sorted per query (queries in first-appearance order), ``rank`` recomputed.
+
+    ``qcodes`` numbers the queries in order of first appearance (``pd.factorize(..., sort=False)``); ties keep
+    the input order. ``replaced`` holds whole columns (in input row order) that replace or add to ``inp``'s.
+    """
+    order = np.lexsort((-scores, qcodes))  # lexsort is stable
+    replaced = replaced or {}
+    cols = {
+        c: replaced[c][order] if c in replaced else inp[c].array.take(order)
+        for c in out_cols
+        if c not in ("score", "rank")
+    }
+    cols["score"] = scores[order]
+    cols["rank"] = group_ranks(qcodes[order]).astype(np.int64)
+    return pd.DataFrame(cols)  # built in out_cols order
