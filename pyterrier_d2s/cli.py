@@ -102,9 +102,10 @@ def _add_expansion_init_and_regulariser_options(p: argparse.ArgumentParser) -> N
     )
     p.add_argument(
         "--init",
-        default="embeddings",
-        choices=["embeddings", "random"],
-        help="W2 starts from the vocabulary's word embeddings (the paper) or at random",
+        default=None,
+        choices=["embeddings", "random", "text-space"],
+        help="start of the head: W2 from the vocabulary's word embeddings (the paper; the 'paper' recipe's), at "
+        "random, or W1 + W2 from a sentence encoder's space fitted on the training captions (the 'auto' recipe's)",
     )
     p.add_argument(
         "--proj-init",

@@ -17,12 +17,22 @@ from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss
 from .recipe import RECIPES, TrainingSetShape, recipe_for
 
-__all__ = ["OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
+__all__ = ["INITS", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
 
 # options a recipe sets when the config leaves them at None
-RECIPE_KEYS = ("epochs", "batch_size", "lr_proj", "lr_vocab", "warmup_ratio", "output_vocab", "select_from")
+RECIPE_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr_proj",
+    "lr_vocab",
+    "warmup_ratio",
+    "output_vocab",
+    "select_from",
+    "init",
+)
 OUTPUT_VOCABS = ("all", "captions", "caption-words")
 PROJ_INITS = ("default", "pca")
+INITS = ("embeddings", "random", "text-space")
 
 # fields that must be finite numbers when they are set
 _FINITE_FIELDS = ("eta", "lam", "tau", "lr_proj", "lr_vocab", "lr_vocab_bias", "warmup_ratio", "select_from")
@@ -74,7 +84,7 @@ class TrainConfig:
     caption_draw: str = "batch"
     own_terms: str = "keep"
     hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
-    init: str = "embeddings"
+    init: str | None = None  # W2 (and W1): "embeddings", "random" or "text-space" (see training.text_space)
     proj_init: str = "default"  # W1: torch's default, or "pca" (the training vectors' principal directions)
     regulariser: str = "l1"  # Eq. 7's L1, or "flops" (SPLADE's FLOPS regulariser; not the paper's)
     seed: int = 42
@@ -95,6 +105,12 @@ class TrainConfig:
             raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
         _check_choice("proj_init", self.proj_init, PROJ_INITS)
+        if self.init is not None:
+            _check_choice("init", self.init, INITS)
+            if self.init == "text-space" and self.proj_init != "default":
+                raise ValueError(
+                    f"init='text-space' sets W1 itself; it cannot be combined with proj_init={self.proj_init!r}"
+                )
 
     def _check_finite(self) -> None:
         for name in _FINITE_FIELDS:
@@ -111,6 +127,10 @@ class TrainConfig:
     def resolved(self, shape: TrainingSetShape) -> TrainConfig:
         """A copy with every ``None`` recipe field set from ``recipe`` for a training set of ``shape``."""
         chosen = recipe_for(self.recipe, shape)
+        if chosen["init"] == "text-space" and (
+            self.proj_init != "default" or self.hidden_dim not in (None, 384)
+        ):
+            chosen["init"] = "embeddings"  # an explicit W1 initialisation or width asks for the paper's start
         return replace(self, **{k: chosen[k] for k in RECIPE_KEYS if getattr(self, k) is None})
 
     def recipe_values(self) -> dict[str, Any]:

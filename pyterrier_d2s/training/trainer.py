@@ -39,6 +39,7 @@ from .expansion import ExpansionControl
 from .loss import D2SLoss
 from .recipe import TrainingSetShape
 from .schedule import StepSchedule, first_eligible_epoch
+from .text_space import sentence_encoder, text_space_init_
 from .validation import validation_metrics
 
 __all__ = ["CHECKPOINT_NAME", "D2STrainer", "TrainConfig", "TrainResult", "pca_init_"]
@@ -250,7 +251,8 @@ class D2STrainer:
         with ``init="embeddings"``), seeded with the config's ``seed``."""
         cfg = config or self.config
         embeddings, embeddings_from = self.embeddings, None
-        if cfg.init == "embeddings" and embeddings is None:
+        init = {"text-space": "random", None: "embeddings"}.get(cfg.init, cfg.init)  # text-space: in _prepare
+        if init == "embeddings" and embeddings is None:
             embeddings_from = self.vocab.name_or_dir
             embeddings = load_word_embeddings(embeddings_from)
         hidden = cfg.hidden_dim or (int(embeddings.shape[1]) if embeddings is not None else 384)
@@ -258,7 +260,7 @@ class D2STrainer:
             input_dim=input_dim,
             hidden_dim=hidden,
             vocab_size=len(self.vocab),
-            init=cfg.init,
+            init=init,
             embeddings_from=embeddings_from,
             dense_encoder=dense_encoder,
             exp=cfg.exp,
@@ -338,6 +340,8 @@ class D2STrainer:
         full_head = self.new_head(train.dim, dense_encoder, cfg)
         if cfg.proj_init == "pca":
             pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
+        if cfg.init == "text-space":
+            text_space_init_(full_head, train, columns, self.vocab, encoder=sentence_encoder(), seed=cfg.seed)
         head = TrainingHead(full_head, columns).to(dev)
         graphed = cfg.cuda_graph and GraphedStep.supported(dev)
         base_lrs = [
