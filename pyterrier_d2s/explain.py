@@ -323,12 +323,13 @@ def explain_search(
 _HTML_CSS = """
 .d2s-results { font-family: system-ui, sans-serif; font-size: 14px; max-width: 60em; }
 .d2s-hit { display: flex; gap: 1em; border-top: 1px solid #ddd; padding: .6em 0; }
-.d2s-hit img { width: 160px; height: auto; border-radius: 4px; }
+.d2s-hit img { width: 160px; height: auto; align-self: flex-start; border-radius: 4px; }
 .d2s-head { font-weight: 600; margin-bottom: .3em; }
 .d2s-score { color: #555; font-weight: 400; }
 .d2s-term { display: flex; align-items: center; gap: .5em; height: 1.4em; }
 .d2s-label { width: 9em; text-align: right; font-family: ui-monospace, monospace; }
-.d2s-bar { background: #3b7dd8; height: .9em; border-radius: 2px; }
+.d2s-track { width: 12em; flex: none; }
+.d2s-bar { display: block; background: #3b7dd8; height: .9em; border-radius: 2px; }
 .d2s-value { color: #444; font-family: ui-monospace, monospace; font-size: 12px; }
 .d2s-rest { color: #777; font-size: 12px; margin-left: 9.5em; }
 """
@@ -336,21 +337,25 @@ _HTML_CSS = """
 _HTML_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>{css}</style></head>
-<body><h1>{title}</h1>
+<body style="font-family: system-ui, sans-serif"><h1>{title}</h1>
 {body}
 </body></html>
 """
 
 
 def _html_bars(terms: pd.DataFrame, score: float, rest: float, others: int) -> str:
-    """The bars of one result's terms (width: share of the score) and a line for the remaining ones."""
+    """The bars of one result's terms (length: contribution relative to its largest one; the share of the
+    score is printed beside) and a line for the remaining terms."""
     parts = []
+    top = float(terms["contribution"].max()) if len(terms) else 0.0
     for t in terms.itertuples(index=False):
-        share = 0.0 if score <= 0 else max(0.0, min(1.0, t.contribution / score))
+        length = 0.0 if top <= 0 else 100 * max(0.0, t.contribution / top)
+        share = "" if score <= 0 else f" ({100 * t.contribution / score:.1f} %)"
         parts.append(
             f'<div class="d2s-term"><span class="d2s-label">{html.escape(t.term)}</span>'
-            f'<span class="d2s-bar" style="width:{20 * share:.2f}em"></span>'
-            f'<span class="d2s-value">{t.query_weight:.3f} × {t.doc_weight:.3f} = {t.contribution:.4f}</span></div>'
+            f'<span class="d2s-track"><span class="d2s-bar" style="width:{length:.1f}%"></span></span>'
+            f'<span class="d2s-value">{t.query_weight:.3f} × {t.doc_weight:.3f} = {t.contribution:.4f}{share}</span>'
+            "</div>"
         )
     if others:
         parts.append(f'<div class="d2s-rest">+ {others} more terms: {rest:.4f}</div>')
