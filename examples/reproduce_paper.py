@@ -25,8 +25,10 @@ Where the dense vectors come from (one directory per data set × model under ``-
     split file (``dataset_coco.json`` / ``dataset_flickr30k.json``, or the ``dataset_meta.json`` of the
     authors' release). ALBEF exists only through LAVIS (``lavis:albef_retrieval/coco``, ``.../flickr``);
     BLIP through LAVIS (``lavis:blip_retrieval/coco``, the paper's checkpoints, the default) or transformers
-    (``Salesforce/blip-itm-base-coco`` / ``-flickr``, ``--blip-encoder transformers``). LAVIS usually lives in
-    its own environment: ``--encode-python`` names that environment's python, which runs ``d2s encode``.
+    (``Salesforce/blip-itm-base-coco`` / ``-flickr``, ``--blip-encoder transformers``). LAVIS lives in its
+    own environment (it pins transformers 4.26): ``--encode-python`` names that environment's python, which
+    runs ``examples/lavis_encode.py`` (LAVIS only, no pyterrier-d2s there); the transformers encoders run
+    ``d2s encode`` with it (default: this python).
     Image files are the split file's ``filepath/filename`` below the ``--images`` directory (for MSCOCO, a
     directory holding ``train2014/`` and ``val2014/``)::
 
@@ -87,14 +89,13 @@ ENCODERS: dict[tuple[str, str], dict[str, str]] = {
 }
 
 
-def encode(argv: list[str], python: str, quiet: bool) -> None:
-    """``d2s encode ARGV`` with another interpreter (the environment that has the dense model's toolkit)."""
-    print(f"$ {python} -m pyterrier_d2s.cli " + shlex.join(argv), file=sys.stderr, flush=True)
-    proc = subprocess.run(
-        [python, "-m", "pyterrier_d2s.cli", *argv], stdout=subprocess.DEVNULL if quiet else None
-    )
+def run_encoder(argv: list[str], python: str, quiet: bool) -> None:
+    """``PYTHON ARGV`` (``d2s encode`` or ``lavis_encode.py``) with the interpreter of the environment that has
+    the dense model's toolkit."""
+    print(f"$ {python} " + shlex.join(argv), file=sys.stderr, flush=True)
+    proc = subprocess.run([python, *argv], stdout=subprocess.DEVNULL if quiet else None)
     if proc.returncode != 0:
-        raise StepError(f"d2s {shlex.join(argv)} failed (exit status {proc.returncode}); its error is above")
+        raise StepError(f"{shlex.join(argv)} failed (exit status {proc.returncode}); its error is above")
 
 
 def vectors_ready(directory: Path) -> bool:
@@ -127,16 +128,16 @@ def prepare_vectors(dataset: str, model: str, args: argparse.Namespace) -> str:
             raise StepError(f"--encode needs --images {dataset}=DIR and --captions {dataset}=FILE")
         backend = "lavis" if model == "albef" else args.blip_encoder
         encoder = ENCODERS[(dataset, model)][backend]
-        argv = ["encode", "--encoder", encoder, "--images", args.images[dataset]]
-        argv += [
-            "--captions",
-            args.captions[dataset],
-            "--out",
-            str(dest),
-            "--batch-size",
-            str(args.encode_batch_size),
-        ]
-        encode(argv + (["--quiet"] if args.quiet else []), args.encode_python, args.quiet)
+        common = ["--images", args.images[dataset], "--captions", args.captions[dataset], "--out", str(dest)]
+        common += ["--batch-size", str(args.encode_batch_size)]
+        if backend == "lavis":  # LAVIS's own environment, without pyterrier-d2s: examples/lavis_encode.py
+            script = str(Path(__file__).with_name("lavis_encode.py"))
+            run_encoder(
+                [script, "--model", encoder.removeprefix("lavis:"), *common], args.encode_python, args.quiet
+            )
+        else:
+            argv = ["-m", "pyterrier_d2s.cli", "encode", "--encoder", encoder, *common]
+            run_encoder(argv + (["--quiet"] if args.quiet else []), args.encode_python, args.quiet)
     if not vectors_ready(dest):
         raise StepError(
             f"no vectors at {dest}: use --download (the authors' release), --encode (from images), or put "
@@ -341,7 +342,9 @@ def main() -> None:
     ap.add_argument("--images", action="append", default=[], help="DATASET=DIR of images (with --encode)")
     ap.add_argument("--captions", action="append", default=[], help="DATASET=Karpathy json (with --encode)")
     ap.add_argument("--blip-encoder", choices=["lavis", "transformers"], default="lavis")
-    ap.add_argument("--encode-python", default=sys.executable, help="python that runs d2s encode (LAVIS env)")
+    ap.add_argument(
+        "--encode-python", default=sys.executable, help="python of the LAVIS env (lavis_encode.py)"
+    )
     ap.add_argument("--encode-batch-size", type=int, default=64)
     ap.add_argument("--datasets", nargs="+", choices=paper.DATASETS, default=list(paper.DATASETS))
     ap.add_argument("--models", nargs="+", choices=paper.MODELS, default=list(paper.MODELS))
