@@ -22,8 +22,9 @@ __all__ = ["MODEL_CARD_NAME", "hub_offline", "model_card", "push_folder", "resol
 
 MODEL_CARD_NAME = "README.md"
 
-# A Hub model id: ``name`` or ``org/name`` (letters, digits, ``-``, ``_``, ``.``), never a path with more parts.
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+# A Hub model id as this package takes one: ``org/name`` (letters, digits, ``-``, ``_``, ``.``). A bare ``name``
+# (legacy Hub ids) is taken for a local path, so that a mistyped directory is never looked up on the Hub.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 # What a head's snapshot may hold; a repository's other files (e.g. training logs) are not fetched.
 _HEAD_FILES = ["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "*.md"]
@@ -73,7 +74,7 @@ def hub_offline() -> bool:
 
 
 def _is_local_path(name: str) -> bool:
-    """Whether ``name`` can only be meant as a path: it exists, or it is not shaped like a Hub id."""
+    """Whether ``name`` can only be meant as a path: it exists, or it is not shaped like ``org/name``."""
     return Path(name).exists() or name.startswith((".", "/", "~")) or not _REPO_ID.match(name)
 
 
