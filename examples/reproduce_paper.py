@@ -25,8 +25,10 @@ Where the dense vectors come from (one directory per data set × model under ``-
     split file (``dataset_coco.json`` / ``dataset_flickr30k.json``, or the ``dataset_meta.json`` of the
     authors' release). ALBEF exists only through LAVIS (``lavis:albef_retrieval/coco``, ``.../flickr``);
     BLIP through LAVIS (``lavis:blip_retrieval/coco``, the paper's checkpoints, the default) or transformers
-    (``Salesforce/blip-itm-base-coco`` / ``-flickr``, ``--blip-encoder transformers``). LAVIS usually lives in
-    its own environment: ``--encode-python`` names that environment's python, which runs ``d2s encode``.
+    (``Salesforce/blip-itm-base-coco`` / ``-flickr``, ``--blip-encoder transformers``). LAVIS lives in its
+    own environment (it pins transformers 4.26): ``--encode-python`` names that environment's python, which
+    runs ``examples/lavis_encode.py`` (LAVIS only, no pyterrier-d2s there); the transformers encoders run
+    ``d2s encode`` with it (default: this python).
     Image files are the split file's ``filepath/filename`` below the ``--images`` directory (for MSCOCO, a
     directory holding ``train2014/`` and ``val2014/``)::
 
@@ -34,6 +36,16 @@ Where the dense vectors come from (one directory per data set × model under ``-
             --images mscoco=coco2014 --captions mscoco=dataset_coco.json \\
             --images flickr30k=flickr30k-images --captions flickr30k=dataset_flickr30k.json \\
             --encode-python ~/lavis-env/bin/python
+
+(c) no training: ``--checkpoint lsr42/d2s_mscoco-blip-dense_q_reg_0.001_d_reg_0.001`` (the authors' trained
+    heads on the Hugging Face Hub, or a local directory of one) converts their head (``D2S.from_pretrained``),
+    indexes their vectors' test images and evaluates it (``d2s index``, ``d2s evaluate``), the paper's Table 1
+    numbers beside (MSCOCO 5k, BLIP, η = 1e-3: R@1 51.8 at FLOPs 11.5; Flickr30k 1k: 77.1). The data set,
+    dense model and η come from the checkpoint's name (``d2s_<dataset>-<model>-dense_q_reg_<η>_d_reg_<η>``),
+    else from ``--datasets``, ``--models`` and ``--etas`` (one each)::
+
+        python examples/reproduce_paper.py --vectors data --download \
+            --checkpoint lsr42/d2s_mscoco-blip-dense_q_reg_0.001_d_reg_0.001
 
 ``--demo`` runs the same pipeline on the embedded COCO-500 set (500 CLIP ViT-B/16 pairs; its fixed split:
 trained on 400 images, evaluated on 50 held-out ones) on a CPU: one head (η = 1e-3) with ``d2s train``'s
@@ -48,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -76,14 +89,13 @@ ENCODERS: dict[tuple[str, str], dict[str, str]] = {
 }
 
 
-def encode(argv: list[str], python: str, quiet: bool) -> None:
-    """``d2s encode ARGV`` with another interpreter (the environment that has the dense model's toolkit)."""
-    print(f"$ {python} -m pyterrier_d2s.cli " + shlex.join(argv), file=sys.stderr, flush=True)
-    proc = subprocess.run(
-        [python, "-m", "pyterrier_d2s.cli", *argv], stdout=subprocess.DEVNULL if quiet else None
-    )
+def run_encoder(argv: list[str], python: str, quiet: bool) -> None:
+    """``PYTHON ARGV`` (``d2s encode`` or ``lavis_encode.py``) with the interpreter of the environment that has
+    the dense model's toolkit."""
+    print(f"$ {python} " + shlex.join(argv), file=sys.stderr, flush=True)
+    proc = subprocess.run([python, *argv], stdout=subprocess.DEVNULL if quiet else None)
     if proc.returncode != 0:
-        raise StepError(f"d2s {shlex.join(argv)} failed (exit status {proc.returncode}); its error is above")
+        raise StepError(f"{shlex.join(argv)} failed (exit status {proc.returncode}); its error is above")
 
 
 def vectors_ready(directory: Path) -> bool:
@@ -116,16 +128,16 @@ def prepare_vectors(dataset: str, model: str, args: argparse.Namespace) -> str:
             raise StepError(f"--encode needs --images {dataset}=DIR and --captions {dataset}=FILE")
         backend = "lavis" if model == "albef" else args.blip_encoder
         encoder = ENCODERS[(dataset, model)][backend]
-        argv = ["encode", "--encoder", encoder, "--images", args.images[dataset]]
-        argv += [
-            "--captions",
-            args.captions[dataset],
-            "--out",
-            str(dest),
-            "--batch-size",
-            str(args.encode_batch_size),
-        ]
-        encode(argv + (["--quiet"] if args.quiet else []), args.encode_python, args.quiet)
+        common = ["--images", args.images[dataset], "--captions", args.captions[dataset], "--out", str(dest)]
+        common += ["--batch-size", str(args.encode_batch_size)]
+        if backend == "lavis":  # LAVIS's own environment, without pyterrier-d2s: examples/lavis_encode.py
+            script = str(Path(__file__).with_name("lavis_encode.py"))
+            run_encoder(
+                [script, "--model", encoder.removeprefix("lavis:"), *common], args.encode_python, args.quiet
+            )
+        else:
+            argv = ["-m", "pyterrier_d2s.cli", "encode", "--encoder", encoder, *common]
+            run_encoder(argv + (["--quiet"] if args.quiet else []), args.encode_python, args.quiet)
     if not vectors_ready(dest):
         raise StepError(
             f"no vectors at {dest}: use --download (the authors' release), --encode (from images), or put "
@@ -153,6 +165,54 @@ def train_evaluate(
         )
         print(table, file=sys.stderr, flush=True)
     return report
+
+
+CHECKPOINT_NAME = re.compile(
+    r"d2s_(?P<dataset>mscoco|flickr30k)-(?P<model>blip|albef)-dense_q_reg_(?P<eta>[0-9.e-]+)_d_reg_[0-9.e-]+$"
+)
+
+
+def checkpoint_target(checkpoint: str, args: argparse.Namespace) -> tuple[str, str, float]:
+    """(data set, dense model, η) of an authors' checkpoint: from its name, else the one asked on the command line."""
+    m = CHECKPOINT_NAME.search(checkpoint.rstrip("/"))
+    if m:
+        return m["dataset"], m["model"], float(m["eta"])
+    if len(args.datasets) != 1 or len(args.models) != 1 or len(args.etas) != 1:
+        raise StepError(
+            f"{checkpoint}: not named d2s_<dataset>-<model>-dense_q_reg_<eta>_d_reg_<eta>; "
+            "give one --datasets, one --models and one --etas"
+        )
+    return args.datasets[0], args.models[0], args.etas[0]
+
+
+def checkpoint_evaluate(checkpoint: str, data: str, head_dir: Path, eta: float) -> dict:
+    """The authors' trained head ``checkpoint`` (Hub id or directory), converted into ``head_dir``, indexed
+    over ``data``'s test images and evaluated (``d2s index``, ``d2s evaluate``): a report like a train's."""
+    from pyterrier_d2s.model import D2S
+
+    print(f"== converting {checkpoint} into {head_dir}", file=sys.stderr, flush=True)
+    try:
+        D2S.from_pretrained(checkpoint).save_pretrained(head_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise StepError(f"--checkpoint {checkpoint}: {e}") from e
+    index_dir = head_dir.with_name(head_dir.name + ".index")
+    d2s("index", "--model", str(head_dir), "--data", data, "--out", str(index_dir), "--overwrite")
+    systems, table = d2s("evaluate", "--model", str(head_dir), "--index", str(index_dir), "--data", data)
+    print(table, file=sys.stderr, flush=True)
+    expanded = next(s for s in systems if s["name"] == "d2s-expanded")
+    return {
+        "checkpoint": checkpoint,
+        "exp": "c+w",  # the paper's method (Table 1); the checkpoint does not record its mode
+        "eta": eta,
+        "sparse_r1": expanded["R@1"],
+        "sparse_r5": expanded["R@5"],
+        "sparse_mrr10": expanded["RR@10"],
+        "flops": expanded["flops"],
+        "exact20": None,
+        "semantic20": None,
+        "evaluate": systems,
+        "out": str(head_dir),
+    }
 
 
 def pct(value: float | None) -> str:
@@ -282,7 +342,9 @@ def main() -> None:
     ap.add_argument("--images", action="append", default=[], help="DATASET=DIR of images (with --encode)")
     ap.add_argument("--captions", action="append", default=[], help="DATASET=Karpathy json (with --encode)")
     ap.add_argument("--blip-encoder", choices=["lavis", "transformers"], default="lavis")
-    ap.add_argument("--encode-python", default=sys.executable, help="python that runs d2s encode (LAVIS env)")
+    ap.add_argument(
+        "--encode-python", default=sys.executable, help="python of the LAVIS env (lavis_encode.py)"
+    )
     ap.add_argument("--encode-batch-size", type=int, default=64)
     ap.add_argument("--datasets", nargs="+", choices=paper.DATASETS, default=list(paper.DATASETS))
     ap.add_argument("--models", nargs="+", choices=paper.MODELS, default=list(paper.MODELS))
@@ -313,6 +375,11 @@ def main() -> None:
         default=None,
         help=f"default {PAPER_EPOCHS} (demo: d2s train's coco500 recipe, 40; --epochs 2 for a smoke test)",
     )
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="an authors' trained head (Hub id lsr42/d2s_..., or a directory): evaluate it, no training",
+    )
     ap.add_argument("--out", default=None, help="runs directory (default runs/paper, runs/paper-demo)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -331,6 +398,9 @@ def main() -> None:
     combos = [("coco500", "clip")] if args.demo else [(d, m) for d in args.datasets for m in args.models]
     runs = []
     try:
+        if args.checkpoint:
+            dataset, model, eta = checkpoint_target(args.checkpoint, args)
+            combos, args.etas = [(dataset, model)], [eta]
         for dataset, model in combos:
             ref = ("mscoco", "blip") if args.demo else (dataset, model)
             print(f"== {dataset} × {model}", file=sys.stderr, flush=True)
@@ -338,7 +408,12 @@ def main() -> None:
             run = {"dataset": dataset, "model": model, "data": data, "paper_ref": "-".join(ref), "heads": []}
             # on the test images d2s train reports on: the data's own split, else its default seeded split
             run["dense"] = dense_metrics(ensure_split(load_pairs(data)).evaluation_split())
-            for eta in args.etas:
+            if args.checkpoint:
+                name = Path(args.checkpoint.rstrip("/")).name
+                report = checkpoint_evaluate(args.checkpoint, data, out / f"{dataset}-{model}" / name, eta)
+                report["paper"] = paper.expected(*ref, "c+w", eta)
+                run["heads"].append(report)
+            for eta in [] if args.checkpoint else args.etas:
                 for exp in args.modes:
                     head_dir = out / f"{dataset}-{model}" / f"exp{exp}-eta{eta:g}"
                     report = train_evaluate(

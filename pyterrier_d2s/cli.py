@@ -241,6 +241,17 @@ def _add_search(sub) -> None:
         default=None,
         help="dense text encoder for text queries (default: the one the head records)",
     )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="per result, the terms that made its score (query × image weight)",
+    )
+    p.add_argument(
+        "--html", metavar="FILE", help="write a self-contained HTML page of the results and their terms"
+    )
+    p.add_argument(
+        "--images", metavar="DIR", help="with --data: image files (its images.jsonl 'file') for thumbnails"
+    )
 
 
 def _add_demo(sub) -> None:
@@ -365,10 +376,18 @@ def cmd_search(args: argparse.Namespace) -> list[dict]:
         expansion=not args.no_expansion,
         encoder=args.encoder,
     )
-    print(f"query: {hits.query}")
-    for r in hits.results.itertuples():
-        print(f"{r.rank + 1:3d}  {r.docno:>12}  {r.score:.4f}")
-    return hits.records()
+    if not (args.explain or args.html):
+        print(f"query: {hits.query}")
+        for r in hits.results.itertuples():
+            print(f"{r.rank + 1:3d}  {r.docno:>12}  {r.score:.4f}")
+        return hits.records()
+    from .explain import explain_search
+
+    explained = explain_search(hits.results, args.index, query=hits.query, data=args.data, images=args.images)
+    print(explained.format_text())
+    if args.html:
+        print(f"wrote {explained.save_html(args.html, title=f'D2S: {hits.query}')}", file=sys.stderr)
+    return explained.records() if args.explain else hits.records()
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:

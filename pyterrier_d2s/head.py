@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .authors_format import is_authors_config, read_authors_checkpoint
+from .hub import push_folder, resolve_pretrained
 from .vocab import Vocabulary, default_tokenizer_dir, ids_to_csr
 
 __all__ = ["EXPANSION_MODES", "D2SHead", "D2SHeadConfig", "load_word_embeddings", "sparse_projection"]
@@ -332,15 +334,23 @@ class D2SHead(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> D2SHead:
-        """Load a head written by :meth:`save_pretrained` (no pickle is executed).
+    def from_pretrained(
+        cls, name_or_dir: str | os.PathLike, device: str | torch.device = "cpu", revision: str | None = None
+    ) -> D2SHead:
+        """Load a head: a directory written by :meth:`save_pretrained`, a Hub id (``org/name``, at
+        ``revision``; see :func:`pyterrier_d2s.hub.resolve_pretrained`), or the paper authors' checkpoint
+        format (``config.json`` with ``model_type: "d2s"``; :mod:`pyterrier_d2s.authors_format`). No pickle
+        is executed.
 
         Every file is checked before use: config.json (a D2S head's, with a known ``exp``), vocab.txt (its
         recorded SHA-256 and size), model.safetensors (the shapes the config implies, the recorded
         fingerprint); a ValueError or FileNotFoundError names the first file that is not as saved.
         """
-        directory = Path(directory)
-        config = _read_config(directory / CONFIG_NAME)
+        directory = resolve_pretrained(name_or_dir, revision=revision)
+        raw = _read_config_json(directory / CONFIG_NAME)
+        if is_authors_config(raw):
+            return cls._from_authors_checkpoint(directory, raw, name_or_dir, revision).to(device)
+        config = _read_config(directory / CONFIG_NAME, raw)
         vocab = _read_vocab(directory, config)
         # skip the embedding initialisation: the weights are overwritten right away
         head = cls(D2SHeadConfig(**{**asdict(config), "init": "random"}), vocab=vocab)
@@ -353,9 +363,34 @@ class D2SHead(nn.Module):
             )
         return head.to(device)
 
+    @classmethod
+    def _from_authors_checkpoint(
+        cls, directory: Path, raw: dict[str, Any], source: str | os.PathLike, revision: str | None
+    ) -> D2SHead:
+        """A head with the weights of the authors' checkpoint in ``directory`` (its parsed config ``raw``)."""
+        fields, vocab_dir, state = read_authors_checkpoint(directory, raw)
+        fields["extra"] = {**fields["extra"], "source": os.fspath(source), "revision": revision}
+        config = D2SHeadConfig(**fields)
+        vocab = Vocabulary(vocab_dir)
+        if len(vocab) != config.vocab_size:
+            raise ValueError(
+                f"{directory}: the vocabulary of {vocab.name_or_dir} has {len(vocab)} tokens, "
+                f"vocab_projector outputs {config.vocab_size}"
+            )
+        head = cls(config, vocab=vocab)
+        head.load_state_dict(state)
+        return head
 
-def _read_config(cfg_file: Path) -> D2SHeadConfig:
-    """The config of a saved head; a ValueError for anything but a D2S head's config.json."""
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this head (safetensors, config.json, vocab.txt and a model card with its training data,
+        recipe and held-out numbers from ``config.extra``) to the Hub repository ``repo_id``; the keyword
+        arguments are :func:`pyterrier_d2s.hub.push_folder`'s (``private``, ``token``, ``revision``, ``api``...).
+        """
+        return push_folder(self.save_pretrained, lambda: asdict(self.config), repo_id, **kwargs)
+
+
+def _read_config_json(cfg_file: Path) -> dict[str, Any]:
+    """The parsed config.json of a head directory; a FileNotFoundError or ValueError says what is wrong."""
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file.parent} is not a D2S head directory: no {CONFIG_NAME}")
     try:
@@ -364,6 +399,13 @@ def _read_config(cfg_file: Path) -> D2SHeadConfig:
         raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{cfg_file}: expected a JSON object")
+    return raw
+
+
+def _read_config(cfg_file: Path, raw: dict[str, Any] | None = None) -> D2SHeadConfig:
+    """The config of a saved head (``raw``: its parsed JSON, read here when not given); a ValueError for
+    anything but a D2S head's config.json."""
+    raw = _read_config_json(cfg_file) if raw is None else raw
     if raw.get("type", "d2s_head") != "d2s_head" or raw.get("format", "safetensors") != "safetensors":
         raise ValueError(
             f"{cfg_file}: type/format {raw.get('type')!r}/{raw.get('format')!r} is not a D2S head "

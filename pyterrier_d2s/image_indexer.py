@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyterrier as pt
+import pyterrier_alpha as pta
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
@@ -39,6 +40,21 @@ class D2SImageIndexer(pt.Indexer):
 
     def __repr__(self) -> str:
         return f"D2SImageIndexer({self.d2s_index!r})"
+
+    def index_inputs(self) -> list[list[str]]:
+        """The document columns :meth:`index` accepts: a dense vector, or an image for the dense encoder."""
+        return [["docno", "doc_vec"], ["docno", "image"]]
+
+    def transform_inputs(self) -> list[list[str]]:
+        """The same as :meth:`index_inputs` (for ``pt.inspect``, which asks every transformer this)."""
+        return self.index_inputs()
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """No frame: an indexer consumes its documents (the index is what :meth:`index` returns)."""
+        with pta.validate.any(input_columns) as v:
+            for mode in self.index_inputs():
+                v.columns(includes=mode)
+        return []
 
     def _batches(self, it: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         batch: list[dict[str, Any]] = []

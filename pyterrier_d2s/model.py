@@ -47,14 +47,17 @@ class D2S:
         name_or_dir: str | os.PathLike,
         device: str | torch.device = "cpu",
         dense_encoder: Any | None = None,
+        revision: str | None = None,
     ) -> D2S:
-        """Load a head saved by ``save_pretrained`` / ``d2s train`` (config.json + safetensors + vocab.txt).
+        """Load a head saved by ``save_pretrained`` / ``d2s train`` (config.json + safetensors + vocab.txt),
+        from a directory or a Hub id (``org/name`` at ``revision``, the Hub cache and ``HF_HUB_OFFLINE``
+        honoured), in this package's format or the paper authors' (see :meth:`D2SHead.from_pretrained`).
 
         ``dense_encoder``: ``None`` (vectors must come with the frames), an encoder object, a name or
         directory for :func:`pyterrier_d2s.encoders.load_encoder`, or ``"auto"`` for the encoder recorded in
         the head's config (the one it was trained on).
         """
-        head = D2SHead.from_pretrained(name_or_dir, device=device)
+        head = D2SHead.from_pretrained(name_or_dir, device=device, revision=revision)
         if dense_encoder == "auto":
             dense_encoder = head.config.dense_encoder
             if dense_encoder is None:
@@ -66,7 +69,12 @@ class D2S:
         return cls(head, dense_encoder=dense_encoder)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the head into ``directory`` (see :meth:`D2SHead.save_pretrained`)."""
         self.head.save_pretrained(Path(directory))
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the head to the Hub repository ``repo_id`` (see :meth:`D2SHead.push_to_hub`)."""
+        return self.head.push_to_hub(repo_id, **kwargs)
 
     def __repr__(self) -> str:
         c = self.head.config

@@ -218,6 +218,55 @@ def test_reproduce_paper_from_authors_vectors(tmp_path):
     assert [int(i["caption_id"]) for i in items[1:]] == [60, 61] and items[1]["paper"] is None
 
 
+def _authors_checkpoint(snapshot: Path, dense: int, hidden: int = 8) -> None:
+    """An authors'-format head (config.json model_type d2s + proj/vocab_layer_norm/vocab_projector) at random."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "proj.weight": torch.randn(hidden, dense, generator=g),
+        "proj.bias": torch.zeros(hidden),
+        "vocab_layer_norm.weight": torch.ones(hidden),
+        "vocab_layer_norm.bias": torch.zeros(hidden),
+        "vocab_projector.weight": torch.randn(30522, hidden, generator=g),
+        "vocab_projector.bias": torch.full((30522,), -2.0),
+    }
+    snapshot.mkdir(parents=True)
+    save_file(state, str(snapshot / "model.safetensors"))
+    config = {"model_type": "d2s", "mlm_head": "distilbert-base-uncased", "dense_size": dense}
+    (snapshot / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+def test_reproduce_paper_with_authors_checkpoint(tmp_path, monkeypatch):
+    """--checkpoint: the authors' head by Hub id (offline, from a Hub cache in tmp), no training, paper beside."""
+    _authors_dir(tmp_path / "vectors" / "mscoco-blip-dense", np.random.default_rng(0))
+    name = "d2s_mscoco-blip-dense_q_reg_0.001_d_reg_0.001"
+    repo = tmp_path / "hub" / f"models--lsr42--{name}"
+    _authors_checkpoint(repo / "snapshots" / ("a" * 40), dense=16)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--vectors", "vectors", "--checkpoint", f"lsr42/{name}", "--quiet", "--out", "rp"]
+    proc = run_example("reproduce_paper.py", *args, cwd=tmp_path)
+    assert "$ d2s train" not in proc.stderr and "$ d2s index" in proc.stderr
+    (run,) = last_json(proc)["runs"]
+    assert (run["dataset"], run["model"]) == ("mscoco", "blip")
+    (head,) = run["heads"]
+    assert head["checkpoint"] == f"lsr42/{name}" and head["eta"] == 1e-3
+    assert head["paper"]["R@1"] == 51.8 and head["paper"]["FLOPs"] == 11.5
+    expanded = next(s for s in head["evaluate"] if s["name"] == "d2s-expanded")
+    assert head["sparse_r1"] == expanded["R@1"] and 0.0 <= expanded["R@1"] <= 1.0
+    assert "51.8 / 79.3 / 63.4 / 11.5" in proc.stdout
+    absent = f"other/{name}"
+    proc = run_example("reproduce_paper.py", *args[:3], absent, cwd=tmp_path, ok=False)
+    assert f"--checkpoint {absent}: {absent}: no such directory, and HF_HUB_OFFLINE is set" in proc.stderr
+    proc = run_example("reproduce_paper.py", *args[:3], "lsr42/other", cwd=tmp_path, ok=False)
+    assert "lsr42/other: not named d2s_<dataset>-<model>-dense_q_reg_<eta>_d_reg_<eta>" in proc.stderr
+
+
 def test_reproduce_paper_without_vectors_says_where_to_get_them(tmp_path):
     proc = run_example(
         "reproduce_paper.py",

@@ -5,10 +5,10 @@ features LAVIS's own retrieval evaluation (``compute_sim_matrix``) uses: the [CL
 text encoder / of the ViT, through ``text_proj`` / ``vision_proj``, L2-normalised; captions first go through
 the model's ``eval`` text processor and images through its ``eval`` image processor, as in LAVIS.
 
-LAVIS is an optional dependency (``pip install "pyterrier-d2s[lavis]"``) and is imported only when such an
-encoder is built: it needs torchvision, ``transformers<4.27`` and ``numpy<2``, which do not install beside the
-rest of this package's usual environment; use a separate environment to cache vectors with it
-(``d2s encode --encoder lavis:blip_retrieval/coco ...``).
+LAVIS is not a dependency: it pins ``transformers<4.27`` and ``numpy<2``, which do not install beside this
+package's stack. ``examples/lavis_encode.py`` computes the same vectors in LAVIS's own environment without
+this package and writes a vectors directory; this class is imported only when such an encoder is built (in an
+environment that somehow has both).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def _import_lavis():
         from lavis.models import load_model_and_preprocess
     except Exception as e:  # ImportError, but also the errors an incompatible torchvision/transformers raise
         raise ImportError(
-            'LAVIS encoders need salesforce-lavis: pip install "pyterrier-d2s[lavis]" '
-            "(LAVIS needs torchvision, transformers<4.27 and numpy<2, so use a separate environment; "
-            f"the import failed with: {type(e).__name__}: {e})"
+            "LAVIS encoders need salesforce-lavis, which pins transformers 4.26 and numpy < 2: encode in its own "
+            "environment with examples/lavis_encode.py (needs only LAVIS) and use the vectors directory here "
+            f"(the import failed with: {type(e).__name__}: {e})"
         ) from e
     return load_model_and_preprocess
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyterrier as pt
+import pyterrier_alpha as pta
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
@@ -150,6 +151,15 @@ class D2SIndexer(pt.Indexer):
     def index_inputs(self) -> list[list[str]]:
         """Columns needed by :meth:`index`."""
         return [["docno", "toks"]]
+
+    def transform_inputs(self) -> list[list[str]]:
+        """The same as :meth:`index_inputs` (for ``pt.inspect``, which asks every transformer this)."""
+        return self.index_inputs()
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """No frame: an indexer consumes its documents (the index is what :meth:`index` returns)."""
+        pta.validate.columns(input_columns, includes=self.index_inputs()[0])
+        return []
 
     def index(self, iter_dict: Iterable[Mapping[str, Any]] | pd.DataFrame) -> D2SIndex:
         """Index ``{'docno': str, 'toks': {term: weight}}`` records (a DataFrame is accepted too).
