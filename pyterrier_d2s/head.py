@@ -245,7 +245,11 @@ class D2SHead(nn.Module):
 
     def _checked_columns(self, columns: np.ndarray) -> np.ndarray:
         """``columns`` sorted and deduplicated; a ValueError for any id outside the vocabulary."""
-        columns = np.unique(np.asarray(columns, dtype=np.int64))
+        columns = np.asarray(columns, dtype=np.int64)
+        if (
+            len(columns) > 1 and not (columns[1:] > columns[:-1]).all()
+        ):  # sorted ones (an index's) pass as they are
+            columns = np.unique(columns)
         if len(columns) and (columns[0] < 0 or columns[-1] >= self.config.vocab_size):
             raise ValueError(f"columns must be vocabulary ids in [0, {self.config.vocab_size})")
         return columns
@@ -308,14 +312,16 @@ class D2SHead(nn.Module):
             self.output_mask._version,
             w.data_ptr(),
         )
-        cached = self.__dict__.get("_screen_cache")
-        if cached is None or cached[0] != key:
+        # a few screens side by side (e.g. the whole vocabulary and an index's terms), dropped when stale
+        cache = self.__dict__.setdefault("_screen_cache", {})
+        if key not in cache:
             allowed = self.keep_mask.detach().cpu().numpy() > 0
             rows = np.flatnonzero(allowed) if columns is None else columns[allowed[columns]]
             w_np, b_np = w.detach().cpu().numpy(), b.detach().cpu().numpy()
-            cached = (key, Int8Screen(w_np, b_np, rows))
-            self.__dict__["_screen_cache"] = cached
-        return cached[1]
+            for stale in [k for k in cache if k[1:] != key[1:]] + list(cache)[: max(0, len(cache) - 3)]:
+                cache.pop(stale, None)
+            cache[key] = Int8Screen(w_np, b_np, rows)
+        return cache[key]
 
     def _screened_encoder(
         self, top_k: int | None, threshold: float, columns: np.ndarray | None

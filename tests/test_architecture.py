@@ -49,5 +49,7 @@ def test_no_function_over_the_complexity_limit():
     for path in _sources():
         for block in radon.cc_visit(path.read_text()):
             if block.complexity > MAX_COMPLEXITY:
-                complex_.append(f"{path.relative_to(ROOT)}:{block.lineno} {block.fullname} ({block.complexity})")
+                complex_.append(
+                    f"{path.relative_to(ROOT)}:{block.lineno} {block.fullname} ({block.complexity})"
+                )
     assert not complex_, "functions over the limit:\n" + "\n".join(complex_)
