@@ -15,6 +15,12 @@ For every engine x setting x collection x k (10, 100, 1000):
 - ``e2e_ms_per_query``: the same through the PyTerrier transformer with a one-row DataFrame (query dict
   encoding, validation and result frame included; pandas alone costs a few hundred microseconds here);
 - ``batch_qps_1t``/``batch_qps_2t``: throughput of a batch of queries on 1 and 2 threads (k = 10, 1000);
+- ``e2e_encode_ms_per_query``, ``e2e_encode_p99_ms`` (rows with ``engine="e2e+encode"``, k = the smallest of
+  ``--ks``): one query per call from a query *vector* to a ranked result frame, query encoding included, for
+  expanded queries (float32 and int8-screened encoding), "no expansion >> expansion" and pyterrier-dr's
+  FlexIndex (exact and HNSW) on the same dense vectors, timed round-robin on one thread over collections whose
+  documents and queries a real-size head produced (``benchmarks/latency_e2e.py`` says why and how);
+  ``ratio_to_hnsw`` and ``e2e_encode_batch_ms_per_query`` (one call over all queries) come with them;
 - ``recall``: recall@k of the expanded query's exact top-k (scipy float32 dot products over the forward store);
 - ``build_s``/``index_mb``: time to build the engine's own structures from the forward store (for PISA: its
   quantised collection, compressed; built on first use like the others) and the size of what the engine reads
@@ -47,6 +53,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import latency_e2e  # noqa: E402  (benchmarks/ is on sys.path when this file runs)
 import numpy as np
 import pandas as pd
 
@@ -369,6 +376,11 @@ def main() -> None:
         action="store_true",
         help="build Seismic above FLOPs 20 too (about 15 min at FLOPs 80)",
     )
+    ap.add_argument(
+        "--no-e2e-encode",
+        action="store_true",
+        help="skip the end-to-end figures with query encoding (head-built collections, see latency_e2e.py)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     n_docs = args.docs or (5_000 if args.small else 123_000)
@@ -391,6 +403,10 @@ def main() -> None:
             for k in args.ks:
                 measure(b, k, args.small, emit)
             del b
+            if not args.no_e2e_encode:
+                hc = latency_e2e.build(f, n_docs, n_queries, workdir, args.seed, args.reuse)
+                latency_e2e.measure_e2e(hc, min(args.ks), budget, emit)
+                del hc
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

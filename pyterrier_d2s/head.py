@@ -25,6 +25,7 @@ from torch import nn
 
 from .authors_format import is_authors_config, read_authors_checkpoint
 from .hub import push_folder, resolve_pretrained
+from .screening import Int8Screen
 from .vocab import Vocabulary, default_tokenizer_dir, ids_to_csr
 
 __all__ = ["EXPANSION_MODES", "D2SHead", "D2SHeadConfig", "load_word_embeddings", "sparse_projection"]
@@ -35,6 +36,10 @@ WEIGHTS_NAME = "model.safetensors"
 # The expansion controls of the paper's Table 2 a head can be trained with (``D2SHeadConfig.exp``): defined
 # here, with the config that records them, so that loading a head needs nothing of ``training``.
 EXPANSION_MODES = ("0", "1", "c", "c+w")
+
+#: ``D2SHead.encode(screen=None)`` screens the vocabulary layer in int8 for batches of at most this many rows
+#: (one query at a time); larger batches amortise reading the float32 layer over their rows
+SCREEN_MAX_ROWS = 4
 
 
 @dataclass
@@ -182,6 +187,7 @@ class D2SHead(nn.Module):
         threshold: float = 0.0,
         batch_size: int = 1024,
         columns: np.ndarray | None = None,
+        screen: bool | None = None,
     ) -> sp.csr_matrix:
         """Sparse vectors of ``z`` as a float32 CSR matrix (n x |V|), for indexing and search.
 
@@ -193,6 +199,11 @@ class D2SHead(nn.Module):
             columns: compute only these vocabulary ids (every other weight is 0), e.g. the terms some document
                 of an index has, for scoring against that index: the |V|-wide projection shrinks to
                 ``len(columns)`` rows (their weights are gathered once and cached until the head changes).
+            screen: find the non-zero outputs with an int8 copy of the vocabulary layer and compute only
+                those in float32 (:class:`~pyterrier_d2s.screening.Int8Screen`: the same weights up to float32
+                rounding, a quarter of the bytes read); ``None``: for batches of at most
+                :data:`SCREEN_MAX_ROWS` rows on CPU; ``False``: the float32 projection only. Not with
+                ``own_token_ids`` (which computes a few tokens per row anyway).
         """
         z_t = self._dense_input(z)
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
@@ -206,19 +217,24 @@ class D2SHead(nn.Module):
                 raise ValueError("give own_token_ids or columns, not both")
             columns = self._checked_columns(columns)
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             device = next(self.parameters()).device
-            encode_batch = self._batch_encoder(own_token_ids, top_k, threshold, batch_size, columns, device)
+            screened = self._screens(screen, len(z_t), own_token_ids, device)
+            encode_batch = self._batch_encoder(
+                own_token_ids, top_k, threshold, batch_size, columns, device, screened
+            )
             blocks = [
                 encode_batch(start, z_t[start : start + batch_size].to(device))
                 for start in range(0, len(z_t), batch_size)
             ]
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         if not blocks:
             return sp.csr_matrix((0, self.config.vocab_size), dtype=np.float32)
-        return sp.vstack(blocks, format="csr")
+        return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
 
     def _dense_input(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``z`` as a float32 (n, input_dim) tensor; a ValueError names any other shape."""
@@ -231,7 +247,11 @@ class D2SHead(nn.Module):
 
     def _checked_columns(self, columns: np.ndarray) -> np.ndarray:
         """``columns`` sorted and deduplicated; a ValueError for any id outside the vocabulary."""
-        columns = np.unique(np.asarray(columns, dtype=np.int64))
+        columns = np.asarray(columns, dtype=np.int64)
+        if (
+            len(columns) > 1 and not (columns[1:] > columns[:-1]).all()
+        ):  # sorted ones (an index's) pass as they are
+            columns = np.unique(columns)
         if len(columns) and (columns[0] < 0 or columns[-1] >= self.config.vocab_size):
             raise ValueError(f"columns must be vocabulary ids in [0, {self.config.vocab_size})")
         return columns
@@ -244,9 +264,13 @@ class D2SHead(nn.Module):
         batch_size: int,
         columns: np.ndarray | None,
         device: torch.device,
+        screened: bool = False,
     ) -> Callable[[int, torch.Tensor], sp.csr_matrix]:
         """The function :meth:`encode` applies to the batch of rows starting at ``start``: projection onto
-        ``columns``, onto the whole vocabulary, or onto each row's own tokens."""
+        ``columns``, onto the whole vocabulary, or onto each row's own tokens; ``screened``: the rows an int8
+        screen finds (among ``columns``)."""
+        if screened:
+            return self._screened_encoder(top_k, threshold, columns)
         if columns is not None:
             weight, bias, keep = self._column_weights(columns, device)
 
@@ -267,6 +291,67 @@ class D2SHead(nn.Module):
             return self._encode_own_terms(z_batch, own, top_k, threshold)
 
         return onto_own_terms
+
+    def _screens(
+        self, screen: bool | None, n_rows: int, own_token_ids: list[np.ndarray] | None, device: torch.device
+    ) -> bool:
+        """Whether :meth:`encode` screens in int8 (``screen=None``: small batches of expanded rows on CPU)."""
+        if screen is None:
+            return own_token_ids is None and n_rows <= SCREEN_MAX_ROWS and device.type == "cpu"
+        if screen and own_token_ids is not None:
+            raise ValueError("screen=True needs expanded rows (no own_token_ids)")
+        if screen and device.type != "cpu":
+            raise ValueError(f"screen=True runs on CPU, the head is on {device}")
+        return bool(screen)
+
+    def int8_screen(self, columns: np.ndarray | None = None) -> Int8Screen:
+        """The int8 copy of the allowed vocabulary rows (among ``columns``), cached until the head changes."""
+        w, b = self.vocab_proj.weight, self.vocab_proj.bias
+        key = (
+            None if columns is None else columns.tobytes(),
+            w._version,
+            b._version,
+            self.output_mask._version,
+            w.data_ptr(),
+        )
+        # a few screens side by side (e.g. the whole vocabulary and an index's terms), dropped when stale
+        cache = self.__dict__.setdefault("_screen_cache", {})
+        if key not in cache:
+            allowed = self.keep_mask.detach().cpu().numpy() > 0
+            rows = np.flatnonzero(allowed) if columns is None else columns[allowed[columns]]
+            w_np, b_np = w.detach().cpu().numpy(), b.detach().cpu().numpy()
+            for stale in [k for k in cache if k[1:] != key[1:]] + list(cache)[: max(0, len(cache) - 3)]:
+                cache.pop(stale, None)
+            cache[key] = Int8Screen(w_np, b_np, rows)
+        return cache[key]
+
+    def _screened_encoder(
+        self, top_k: int | None, threshold: float, columns: np.ndarray | None
+    ) -> Callable[[int, torch.Tensor], sp.csr_matrix]:
+        """The batch function of :meth:`encode` with int8 screening: per row, the candidate outputs of the
+        screen are computed exactly (float32) from their rows of the vocabulary layer."""
+        screen = self.int8_screen(columns)
+        weight, bias = self.vocab_proj.weight.detach(), self.vocab_proj.bias.detach()
+        limit = float(np.expm1(max(threshold, 0.0)))  # log1p(relu(x)) > threshold  <=>  x > expm1(threshold)
+
+        def screened(start: int, z_batch: torch.Tensor) -> sp.csr_matrix:
+            hidden = self.norm(self.proj(z_batch))
+            indptr, indices, data = [0], [], []
+            for h in hidden:
+                cand = screen.candidates(h.numpy(), limit)
+                idx = torch.from_numpy(cand)
+                weights = torch.relu(torch.mv(weight[idx], h) + bias[idx]).log1p_().numpy()
+                keep = weights > max(threshold, 0.0)
+                indices.append(cand[keep].astype(np.int32))
+                data.append(weights[keep])
+                indptr.append(indptr[-1] + int(keep.sum()))
+            out = sp.csr_matrix(
+                (np.concatenate(data), np.concatenate(indices), np.array(indptr, dtype=np.int64)),
+                shape=(len(z_batch), self.config.vocab_size),
+            )
+            return out if top_k is None else _top_k_rows(out, top_k)
+
+        return screened
 
     def _restricted_columns(self) -> np.ndarray | None:
         """The allowed output ids when they are under half the vocabulary (else None: project onto all)."""

@@ -144,14 +144,19 @@ class D2S:
         top_k: int | None = None,
         min_weight: float = 0.0,
         batch_size: int = 1024,
+        index: D2SIndex | None = None,
     ) -> D2SQueryEncoder:
-        """``qid, query (+ query_vec)`` → adds ``query_toks``. ``expansion=None`` follows the training mode."""
+        """``qid, query (+ query_vec)`` → adds ``query_toks``. ``expansion=None`` follows the training mode.
+
+        ``index``: compute only the tokens some document of that index has (same retrieval results, fewer
+        rows of the vocabulary layer read per query).
+        """
         from .query_encoder import D2SQueryEncoder
 
         if expansion is None:
             expansion = self.head.config.exp != "0"
         return D2SQueryEncoder(
-            self, expansion=expansion, top_k=top_k, min_weight=min_weight, batch_size=batch_size
+            self, expansion=expansion, top_k=top_k, min_weight=min_weight, batch_size=batch_size, index=index
         )
 
     def image_indexer(self, index: D2SIndex, batch_size: int = 1024, **index_kwargs) -> D2SImageIndexer:

@@ -5,6 +5,7 @@ query_toks = D2SQueryEncoder(model, expansion=False)     # qid, query (+ query_v
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,9 +15,23 @@ import pyterrier_alpha as pta
 import scipy.sparse as sp
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .index import D2SIndex
+    from .index.forward import ForwardStore
     from .model import D2S
 
-__all__ = ["D2SQueryEncoder", "csr_to_toks", "query_vectors"]
+__all__ = ["D2SQueryEncoder", "csr_to_toks", "index_columns", "query_vector_matrix", "query_vectors"]
+
+
+def index_columns(tokens: list[str], fwd: ForwardStore) -> tuple[np.ndarray, np.ndarray]:
+    """(forward-store column of each vocabulary id or -1, the vocabulary ids some document of ``fwd`` has).
+
+    A query token no document has adds nothing to any score: encoders that know the index compute only the
+    second array's tokens.
+    """
+    term_index = fwd.term_index
+    cols = np.array([term_index.get(t, -1) for t in tokens], dtype=np.int64)
+    in_docs = np.flatnonzero((cols >= 0) & (fwd.doc_freq[np.maximum(cols, 0)] > 0))
+    return cols, in_docs
 
 
 def csr_to_toks(m: sp.csr_matrix, tokens: list[str]) -> list[dict[str, float]]:
@@ -32,8 +47,13 @@ def query_vectors(inp: pd.DataFrame) -> np.ndarray | None:
     """The ``query_vec`` column as a float32 matrix (None without one); ValueError naming a bad query."""
     if "query_vec" not in inp.columns:
         return None
-    rows = []
-    for qid, v in zip(inp["qid"], inp["query_vec"], strict=True):
+    return query_vector_matrix(inp["qid"], inp["query_vec"])
+
+
+def query_vector_matrix(qids: Sequence, vecs: Sequence) -> np.ndarray:
+    """The query vectors ``vecs`` (of the queries ``qids``) as a float32 matrix; ValueError naming a bad one."""
+    rows: list[np.ndarray] = []
+    for qid, v in zip(qids, vecs, strict=True):
         try:
             vec = np.asarray(v, dtype=np.float32)
         except (TypeError, ValueError) as e:
@@ -46,7 +66,7 @@ def query_vectors(inp: pd.DataFrame) -> np.ndarray | None:
     vecs = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
     bad = ~np.isfinite(vecs).all(axis=1)
     if bad.any():
-        raise ValueError(f"query {inp['qid'].iloc[int(np.argmax(bad))]!r} has a NaN or inf query_vec")
+        raise ValueError(f"query {list(qids)[int(np.argmax(bad))]!r} has a NaN or inf query_vec")
     return vecs
 
 
@@ -56,6 +76,11 @@ class D2SQueryEncoder(pt.Transformer):
     Input: ``qid``, ``query`` and, when present, ``query_vec`` (else the model's dense text encoder runs).
     Output: the input plus ``query_toks``. ``expansion=False`` keeps only the caption's own WordPiece tokens
     (the paper's "exp=0" query); ``top_k`` / ``min_weight`` prune the weights.
+
+    ``index``: an expanded query gets only the tokens some document of that index has (the others add nothing
+    to any score: every retriever drops them), so the head computes fewer rows of its vocabulary layer; the
+    retrieved results are the same, ``query_toks`` lacks the tokens the index does not have. Not with
+    ``top_k`` (which ranks the whole vocabulary).
     """
 
     def __init__(
@@ -65,22 +90,42 @@ class D2SQueryEncoder(pt.Transformer):
         top_k: int | None = None,
         min_weight: float = 0.0,
         batch_size: int = 1024,
+        index: D2SIndex | None = None,
     ):
+        if index is not None and top_k is not None:
+            raise ValueError("give index or top_k, not both (top_k ranks the whole vocabulary)")
         self.model = model
         self.expansion = expansion
         self.top_k = top_k
         self.min_weight = min_weight
         self.batch_size = batch_size
+        self.d2s_index = index
+        self._columns: tuple[ForwardStore, np.ndarray] | None = None
+
+    def _index_columns(self) -> np.ndarray | None:
+        """The vocabulary ids the index's documents have (None: no index, or unexpanded queries)."""
+        if self.d2s_index is None or not self.expansion:
+            return None
+        fwd = self.d2s_index.forward()
+        if self._columns is None or self._columns[0] is not fwd:
+            self._columns = (fwd, index_columns(self.model.vocab.tokens, fwd)[1])
+        return self._columns[1]
 
     def __repr__(self) -> str:
         extra = "" if self.top_k is None else f", top_k={self.top_k}"
+        extra += "" if self.d2s_index is None else f", index={self.d2s_index!r}"
         return f"D2SQueryEncoder(expansion={self.expansion}{extra})"
 
     def encode(self, inp: pd.DataFrame) -> list[dict[str, float]]:
         """The ``query_toks`` of each row of a frame with ``query`` (+ ``query_vec``)."""
         texts = [str(q) for q in inp["query"]]
         csr = self.model.encode_texts(
-            texts, query_vectors(inp), expansion=self.expansion, top_k=self.top_k, min_weight=self.min_weight
+            texts,
+            query_vectors(inp),
+            expansion=self.expansion,
+            top_k=self.top_k,
+            min_weight=self.min_weight,
+            columns=self._index_columns(),
         )
         return csr_to_toks(csr, self.model.vocab.tokens)
 
@@ -89,8 +134,9 @@ class D2SQueryEncoder(pt.Transformer):
         pta.validate.query_frame(inp, extra_columns=["query"])
         if len(inp) == 0:
             return inp.assign(query_toks=pd.Series(dtype=object))
-        dup = inp["qid"].duplicated()
-        if dup.any():
-            # two rows under one qid would merge into one ranking downstream
-            raise ValueError(f"duplicate qid {inp['qid'][dup].iat[0]!r} in the query frame")
+        if len(inp) > 1:  # (one row: one query, and pandas' duplicated() costs more than the check)
+            dup = inp["qid"].duplicated()
+            if dup.any():
+                # two rows under one qid would merge into one ranking downstream
+                raise ValueError(f"duplicate qid {inp['qid'][dup].iat[0]!r} in the query frame")
         return inp.assign(query_toks=self.encode(inp))

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from .index.engines import QueryBatch
 from .index.results import candidate_rows, empty_reranked, query_groups, rerank, score_pairs
-from .query_encoder import csr_to_toks, query_vectors
+from .query_encoder import csr_to_toks, index_columns, query_vector_matrix
 
 if TYPE_CHECKING:  # pragma: no cover
     from .index import D2SIndex
@@ -49,8 +49,12 @@ class ExpansionRescorer(pt.Transformer):
         top_k: int | None = None,
         min_weight: float = 0.0,
         expanded_toks: bool = False,
+        num_results: int | None = None,
     ):
+        if num_results is not None and num_results < 0:
+            raise ValueError(f"num_results must be >= 0, not {num_results}")
         self.model = model
+        self.num_results = num_results
         self.d2s_index = index
         self.top_k = top_k
         self.min_weight = min_weight
@@ -59,7 +63,16 @@ class ExpansionRescorer(pt.Transformer):
         self._term_columns: tuple[ForwardStore, np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
-        return f"ExpansionRescorer({self.d2s_index!r})"
+        extra = "" if self.num_results is None else f", num_results={self.num_results}"
+        return f"ExpansionRescorer({self.d2s_index!r}{extra})"
+
+    def fuse_rank_cutoff(self, k: int) -> ExpansionRescorer | None:
+        """``rescorer % k`` keeps the top k of each query in the re-scorer itself (no second pass over the frame)."""
+        if self.num_results is not None and k >= self.num_results:
+            return None
+        return ExpansionRescorer(
+            self.model, self.d2s_index, self.top_k, self.min_weight, self.expanded_toks, num_results=k
+        )
 
     def transform_inputs(self) -> list[list[str]]:
         """Required input columns."""
@@ -79,10 +92,7 @@ class ExpansionRescorer(pt.Transformer):
     def _vocab_columns(self, fwd: ForwardStore) -> tuple[np.ndarray, np.ndarray]:
         """(forward-store column of each vocabulary id or -1, the vocabulary ids some document has)."""
         if self._term_columns is None or self._term_columns[0] is not fwd:
-            term_index = fwd.term_index
-            cols = np.array([term_index.get(t, -1) for t in self.model.vocab.tokens], dtype=np.int64)
-            in_docs = np.flatnonzero((cols >= 0) & (fwd.doc_freq[np.maximum(cols, 0)] > 0))
-            self._term_columns = (fwd, cols, in_docs)
+            self._term_columns = (fwd, *index_columns(self.model.vocab.tokens, fwd))
         return self._term_columns[1], self._term_columns[2]
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
@@ -91,16 +101,21 @@ class ExpansionRescorer(pt.Transformer):
         if len(inp) == 0:
             return empty_reranked(inp, out_cols)
         qcodes, first_rows = query_groups(inp["qid"])
-        queries = inp.iloc[first_rows]
         fwd = self.d2s_index.forward()
         col_of, in_docs = self._vocab_columns(fwd)
         # a token no image has cannot add to any score: the head computes only the tokens the index has (a
         # few thousand of 30,522 on a small collection), unless top-k pruning needs the whole vocabulary
         # (with expanded_toks the dict stays the full expanded query)
         restrict = self.top_k is None and not self.expanded_toks
+        # the first row of each query, column by column (a row selection of the frame costs more than the rest)
+        vectors = None
+        if "query_vec" in inp.columns:
+            vectors = query_vector_matrix(
+                inp["qid"].array.take(first_rows), inp["query_vec"].array.take(first_rows)
+            )
         expanded = self.model.encode_texts(
-            [str(q) for q in queries["query"]],
-            query_vectors(queries),
+            [str(q) for q in inp["query"].array.take(first_rows)],
+            vectors,
             expansion=True,
             top_k=self.top_k,
             min_weight=self.min_weight,
@@ -113,7 +128,7 @@ class ExpansionRescorer(pt.Transformer):
         if self.expanded_toks:
             toks = csr_to_toks(expanded, self.model.vocab.tokens)
             replaced["query_toks"] = np.array([toks[c] for c in qcodes], dtype=object)
-        return rerank(inp, qcodes, scores, out_cols, replaced)
+        return rerank(inp, qcodes, scores, out_cols, replaced, self.num_results)
 
 
 def _query_batch(expanded: sp.csr_matrix, col_of: np.ndarray) -> QueryBatch:

@@ -84,13 +84,18 @@ def rerank(
     scores: np.ndarray,
     out_cols: list[str],
     replaced: dict[str, np.ndarray] | None = None,
+    num_results: int | None = None,
 ) -> pd.DataFrame:
     """``inp`` with new ``score``s, sorted per query (queries in first-appearance order), ``rank`` recomputed.
 
     ``qcodes`` numbers the queries in order of first appearance (``pd.factorize(..., sort=False)``); ties keep
     the input order. ``replaced`` holds whole columns (in input row order) that replace or add to ``inp``'s.
+    ``num_results``: keep the first that many rows of each query (what ``% num_results`` would keep).
     """
     order = np.lexsort((-scores, qcodes))  # lexsort is stable
+    ranks = group_ranks(qcodes[order])
+    if num_results is not None:
+        order, ranks = order[ranks < num_results], ranks[ranks < num_results]
     replaced = replaced or {}
     cols = {
         c: replaced[c][order] if c in replaced else inp[c].array.take(order)
@@ -98,5 +103,5 @@ def rerank(
         if c not in ("score", "rank")
     }
     cols["score"] = scores[order]
-    cols["rank"] = group_ranks(qcodes[order]).astype(np.int64)
+    cols["rank"] = ranks.astype(np.int64)
     return pd.DataFrame(cols)  # built in out_cols order
