@@ -16,22 +16,28 @@ import scipy.sparse as sp
 
 if TYPE_CHECKING:  # pragma: no cover
     from .index import D2SIndex
-    from .index.forward import ForwardStore
     from .model import D2S
+    from .vocab import Vocabulary
 
 __all__ = ["D2SQueryEncoder", "csr_to_toks", "index_columns", "query_vector_matrix", "query_vectors"]
 
 
-def index_columns(tokens: list[str], fwd: ForwardStore) -> tuple[np.ndarray, np.ndarray]:
-    """(forward-store column of each vocabulary id or -1, the vocabulary ids some document of ``fwd`` has).
+def index_columns(vocab: Vocabulary, index: D2SIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(forward-store column of each vocabulary id or -1, the vocabulary ids some document of ``index`` has).
 
     A query token no document has adds nothing to any score: encoders that know the index compute only the
-    second array's tokens.
+    second array's tokens. Kept in the index's cache (one per vocabulary object), so the query encoder and the
+    re-scorer of one index share it and a rebuild of the index drops it.
     """
-    term_index = fwd.term_index
-    cols = np.array([term_index.get(t, -1) for t in tokens], dtype=np.int64)
-    in_docs = np.flatnonzero((cols >= 0) & (fwd.doc_freq[np.maximum(cols, 0)] > 0))
-    return cols, in_docs
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        fwd = index.forward()
+        term_index = fwd.term_index
+        cols = np.array([term_index.get(t, -1) for t in vocab.tokens], dtype=np.int64)
+        in_docs = np.flatnonzero((cols >= 0) & (fwd.doc_freq[np.maximum(cols, 0)] > 0))
+        return cols, in_docs
+
+    return index.cached(("vocab_columns", vocab), build)
 
 
 def csr_to_toks(m: sp.csr_matrix, tokens: list[str]) -> list[dict[str, float]]:
@@ -100,16 +106,12 @@ class D2SQueryEncoder(pt.Transformer):
         self.min_weight = min_weight
         self.batch_size = batch_size
         self.d2s_index = index
-        self._columns: tuple[ForwardStore, np.ndarray] | None = None
 
     def _index_columns(self) -> np.ndarray | None:
         """The vocabulary ids the index's documents have (None: no index, or unexpanded queries)."""
         if self.d2s_index is None or not self.expansion:
             return None
-        fwd = self.d2s_index.forward()
-        if self._columns is None or self._columns[0] is not fwd:
-            self._columns = (fwd, index_columns(self.model.vocab.tokens, fwd)[1])
-        return self._columns[1]
+        return index_columns(self.model.vocab, self.d2s_index)[1]
 
     def __repr__(self) -> str:
         extra = "" if self.top_k is None else f", top_k={self.top_k}"

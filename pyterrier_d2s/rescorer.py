@@ -22,7 +22,6 @@ from .query_encoder import csr_to_toks, index_columns, query_vector_matrix
 
 if TYPE_CHECKING:  # pragma: no cover
     from .index import D2SIndex
-    from .index.forward import ForwardStore
     from .model import D2S
 
 __all__ = ["ExpansionRescorer"]
@@ -59,8 +58,6 @@ class ExpansionRescorer(pt.Transformer):
         self.top_k = top_k
         self.min_weight = min_weight
         self.expanded_toks = expanded_toks
-        # (forward store, its column of each vocabulary id, the vocabulary ids some document has)
-        self._term_columns: tuple[ForwardStore, np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         extra = "" if self.num_results is None else f", num_results={self.num_results}"
@@ -89,12 +86,6 @@ class ExpansionRescorer(pt.Transformer):
             cols.append("query_toks")
         return cols + ["score", "rank"]
 
-    def _vocab_columns(self, fwd: ForwardStore) -> tuple[np.ndarray, np.ndarray]:
-        """(forward-store column of each vocabulary id or -1, the vocabulary ids some document has)."""
-        if self._term_columns is None or self._term_columns[0] is not fwd:
-            self._term_columns = (fwd, *index_columns(self.model.vocab.tokens, fwd))
-        return self._term_columns[1], self._term_columns[2]
-
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Re-score and re-rank the candidates of ``inp``."""
         out_cols = self._out_cols(list(inp.columns))
@@ -102,7 +93,7 @@ class ExpansionRescorer(pt.Transformer):
             return empty_reranked(inp, out_cols)
         qcodes, first_rows = query_groups(inp["qid"])
         fwd = self.d2s_index.forward()
-        col_of, in_docs = self._vocab_columns(fwd)
+        col_of, in_docs = index_columns(self.model.vocab, self.d2s_index)
         # a token no image has cannot add to any score: the head computes only the tokens the index has (a
         # few thousand of 30,522 on a small collection), unless top-k pruning needs the whole vocabulary
         # (with expanded_toks the dict stays the full expanded query)
