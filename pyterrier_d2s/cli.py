@@ -101,6 +101,14 @@ def _add_expansion_init_and_regulariser_options(p: argparse.ArgumentParser) -> N
         help="own tokens always kept, or multiplied by the word-level draw E_k (EXPAND read literally)",
     )
     p.add_argument(
+        "--own-token-fit",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the text-space start, fit W2 for STEPS steps to predict the training captions' own tokens: "
+        "more caption terms in the output (Exact@20) at a lower R@1 (default 0: off)",
+    )
+    p.add_argument(
         "--init",
         default=None,
         choices=["embeddings", "random", "text-space"],
@@ -170,6 +178,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         output_vocab=args.output_vocab,
         caption_draw=args.caption_draw,
         own_terms=args.own_terms,
+        own_token_fit=args.own_token_fit,
         init=args.init,
         proj_init=args.proj_init,
         regulariser=args.regulariser,

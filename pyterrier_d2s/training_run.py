@@ -133,6 +133,10 @@ def set_aside_checkpoint(out: str | os.PathLike) -> Path | None:
     return ckpt.replace(ckpt.with_name(CHECKPOINT_NAME + suffix))
 
 
+# options beside the recipe's that train's report records (as the run resolved them)
+_REPORTED_OPTIONS = ("caption_draw", "own_terms", "own_token_fit", "proj_init", "regulariser")
+
+
 def train_head(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -180,11 +184,7 @@ def train_head(
         "eta": config.eta,
         **_test_numbers(result.head, pairs, data),
         **result.config.recipe_values(),
-        "caption_draw": config.caption_draw,
-        "own_terms": config.own_terms,
-        "init": config.init,
-        "proj_init": config.proj_init,
-        "regulariser": config.regulariser,
+        **{key: getattr(result.config, key) for key in _REPORTED_OPTIONS},
         "output_tokens": result.head.output_vocab_size,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),

@@ -305,6 +305,8 @@ def test_train_option_errors(tmp_path, capsys):
         (["--fold", "1"], "give both --fold and --num-folds"),
         (["--split-seed", "3"], "--split-seed: coco500 has its own split labels (test, train, val)"),
         (["--no-split", "--split-seed", "3"], "--no-split cannot be combined with --split-seed"),
+        (["--own-token-fit", "-2"], "own_token_fit must be >= 0, not -2"),
+        (["--own-token-fit", "5", "--recipe", "paper"], "own_token_fit needs init='text-space'"),
     ]:
         assert main(["train", "--data", "coco500", "--epochs", "1", "--quiet", "--out", out, *argv]) == 2
         err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from pyterrier_d2s.data.synthetic import random_pairs
@@ -10,10 +11,13 @@ from pyterrier_d2s.training import TrainConfig
 from pyterrier_d2s.training.recipe import TrainingSetShape
 from pyterrier_d2s.training.text_space import (
     caption_targets,
+    fit_own_tokens_,
+    own_token_targets,
     ridge_map,
     sentence_encoder,
     text_space_init_,
 )
+from pyterrier_d2s.vocab import ids_to_csr
 
 SHAPE = TrainingSetShape(images=400, captions=400, dim=512)
 
@@ -93,3 +97,56 @@ def test_recipes_choose_the_initialisation():
         TrainConfig(init="bert")
     with pytest.raises(ValueError, match="cannot be combined with proj_init"):
         TrainConfig(init="text-space", proj_init="pca")
+
+
+def test_own_token_targets_are_captions_then_images_with_their_captions_tokens():
+    data = random_pairs(n_images=3, captions_per_image=1, dim=4, seed=1)
+    # captions 0 and 1 of image 0, caption 2 of image 2 (image 1 has none)
+    data = type(data)(
+        **{**data.__dict__, "caption_image": np.array([0, 0, 2]), "caption_ids": ["c0", "c1", "c2"]}
+    )
+    own = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0]], dtype=np.float32))
+    x, y = own_token_targets(data, own)
+    np.testing.assert_array_equal(x, np.concatenate([data.caption_vectors, data.image_vectors[[0, 2]]]))
+    assert y.toarray().tolist() == [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 0], [1, 1, 0, 1], [0, 0, 1, 0]]
+
+
+def test_fitting_own_tokens_raises_them_in_the_output_and_touches_only_w2_rows(encoder, vocab):
+    data = random_pairs(n_images=40, captions_per_image=1, dim=64, seed=5)
+    own_full = ids_to_csr(vocab.token_ids(data.caption_texts), len(vocab))
+    columns = np.flatnonzero(np.asarray(own_full.sum(axis=0)).ravel() > 0)
+    own = own_full[:, columns].tocsr()
+    head = D2SHead(D2SHeadConfig(input_dim=64, hidden_dim=384, init="random"), vocab=vocab)
+    text_space_init_(head, data, columns, vocab, encoder=encoder)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+
+    def own_rank_share() -> float:  # share of each caption's own tokens among its top-|own| outputs
+        with torch.no_grad():
+            out = head(torch.from_numpy(data.caption_vectors))[:, torch.from_numpy(columns)].numpy()
+        shares = []
+        for i in range(len(out)):
+            mine = own.indices[own.indptr[i] : own.indptr[i + 1]]
+            top = np.argsort(-out[i], kind="stable")[: len(mine)]
+            shares.append(len(np.intersect1d(top, mine)) / len(mine))
+        return float(np.mean(shares))
+
+    start = own_rank_share()
+    losses = fit_own_tokens_(head, data, columns, own, steps=100, seed=0)
+    assert len(losses) == 100 and losses[-1] < 0.8 * losses[0] and np.all(np.diff(losses) < 0)
+    assert own_rank_share() > max(0.95, start + 0.2)  # 0.72 -> 0.99 measured
+    after = head.state_dict()
+    for name in ("proj.weight", "proj.bias", "norm.weight", "norm.bias"):
+        assert torch.equal(after[name], before[name]), name
+    outside = np.setdiff1d(np.arange(len(vocab)), columns)[:50]
+    assert torch.equal(after["vocab_proj.weight"][outside], before["vocab_proj.weight"][outside])
+    assert not torch.equal(after["vocab_proj.weight"][columns], before["vocab_proj.weight"][columns])
+
+
+def test_own_token_fit_needs_the_text_space_start():
+    assert TrainConfig(own_token_fit=50).resolved(SHAPE).own_token_fit == 50
+    with pytest.raises(ValueError, match="own_token_fit must be >= 0"):
+        TrainConfig(own_token_fit=-1)
+    with pytest.raises(ValueError, match="own_token_fit needs init='text-space'"):
+        TrainConfig(own_token_fit=5, init="embeddings")
+    with pytest.raises(ValueError, match="own_token_fit needs init='text-space', not init='embeddings'"):
+        TrainConfig(own_token_fit=5, recipe="paper").resolved(SHAPE)

@@ -44,6 +44,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("warmup_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("epochs", lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda v: v >= 2, ">= 2"),
+    ("own_token_fit", lambda v: v >= 0, ">= 0"),
 )
 
 
@@ -85,6 +86,7 @@ class TrainConfig:
     own_terms: str = "keep"
     hidden_dim: int | None = None  # ω; default: the width of the initial vocabulary embeddings
     init: str | None = None  # W2 (and W1): "embeddings", "random" or "text-space" (see training.text_space)
+    own_token_fit: int = 0  # steps of training.text_space.fit_own_tokens_ after the text-space start; 0: off
     proj_init: str = "default"  # W1: torch's default, or "pca" (the training vectors' principal directions)
     regulariser: str = "l1"  # Eq. 7's L1, or "flops" (SPLADE's FLOPS regulariser; not the paper's)
     seed: int = 42
@@ -111,6 +113,8 @@ class TrainConfig:
                 raise ValueError(
                     f"init='text-space' sets W1 itself; it cannot be combined with proj_init={self.proj_init!r}"
                 )
+        if self.own_token_fit and self.init not in (None, "text-space"):
+            raise ValueError(f"own_token_fit needs init='text-space', not init={self.init!r}")
 
     def _check_finite(self) -> None:
         for name in _FINITE_FIELDS:
@@ -131,6 +135,7 @@ class TrainConfig:
             self.proj_init != "default" or self.hidden_dim not in (None, 384)
         ):
             chosen["init"] = "embeddings"  # an explicit W1 initialisation or width asks for the paper's start
+        # replace() re-runs the checks: own_token_fit with a recipe that starts elsewhere is refused there
         return replace(self, **{k: chosen[k] for k in RECIPE_KEYS if getattr(self, k) is None})
 
     def recipe_values(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .expansion import ExpansionControl
 from .loss import D2SLoss
 from .recipe import TrainingSetShape
 from .schedule import StepSchedule, first_eligible_epoch
-from .text_space import sentence_encoder, text_space_init_
+from .text_space import fit_own_tokens_, sentence_encoder, text_space_init_
 from .validation import validation_metrics
 
 __all__ = ["CHECKPOINT_NAME", "D2STrainer", "TrainConfig", "TrainResult", "pca_init_"]
@@ -342,6 +342,8 @@ class D2STrainer:
             pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
         if cfg.init == "text-space":
             text_space_init_(full_head, train, columns, self.vocab, encoder=sentence_encoder(), seed=cfg.seed)
+            if cfg.own_token_fit:
+                fit_own_tokens_(full_head, train, columns, own_train, cfg.own_token_fit, seed=cfg.seed)
         head = TrainingHead(full_head, columns).to(dev)
         graphed = cfg.cuda_graph and GraphedStep.supported(dev)
         base_lrs = [
