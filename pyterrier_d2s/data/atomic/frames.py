@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .layout import CAPTION_COLUMNS, IMAGE_COLUMN, QUERY_COLUMNS, AtomicLayout, find_layout
-from .reader import count_images, iter_images, iter_sections, read_qrels, scan_images
+from .reader import count_images, iter_images, iter_sections, read_qrels, scan_images, warn_missing
 
 __all__ = ["AtomicSplit", "load_atomic_split"]
 
@@ -101,6 +101,6 @@ def load_atomic_split(
         rows = _judged_and_negatives(layout, set(qrels["docno"]), max(0, int(negatives)), seed, with_images)
     else:
         rows = list(iter_images(layout, with_images=with_images))
-    return AtomicSplit(
-        split=split, queries=queries, documents=_documents_frame(rows, with_images), qrels=qrels
-    )
+    documents = _documents_frame(rows, with_images)
+    warn_missing("images", set(qrels["docno"]) - set(documents["docno"]), layout.root)
+    return AtomicSplit(split=split, queries=queries, documents=documents, qrels=qrels)

@@ -16,7 +16,9 @@ directory (read when a name is first loaded): plain ``ir_datasets.load("d2s-atom
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,16 +63,40 @@ class AtomicImageDoc(NamedTuple):
         return self.text
 
 
+class _DocsIter:
+    """What ``docs_iter()`` returns: an iterator that also slices, as ir_datasets' own docs iterators do
+    (``pt.get_dataset(...).get_corpus_iter(start=, count=)`` slices it)."""
+
+    def __init__(self, make: Callable[[], Iterator]):
+        self._make, self._it = make, None
+
+    def __iter__(self) -> _DocsIter:
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._make()
+        return next(self._it)
+
+    def __getitem__(self, key: slice) -> Iterator:
+        if not isinstance(key, slice):
+            raise TypeError("AToMiC docs_iter() takes slices only, e.g. docs_iter()[10:20]")
+        return itertools.islice(self._make(), key.start, key.stop, key.step)
+
+
 class AtomicDocs(BaseDocs):
     """The image collection (shared by all splits), streamed from the parquet files."""
 
     def __init__(self, layout: AtomicLayout, with_images: bool):
         self._layout, self._with_images = layout, with_images
 
-    def docs_iter(self):
+    def docs_iter(self) -> _DocsIter:
+        return _DocsIter(self._docs)
+
+    def _docs(self) -> Iterator:
         cls = self.docs_cls()
         for row in iter_images(self._layout, with_images=self._with_images):
-            yield cls(row.pop("docno"), *row.values())
+            yield cls(doc_id=row.pop("docno"), **row)
 
     def docs_count(self) -> int:
         return count_images(self._layout)
@@ -165,7 +191,9 @@ _env_registered = False
 
 def _from_env(_name: str, groups: tuple[str, str | None]) -> Dataset:
     split, images = groups
-    return atomic_dataset(find_layout(None), split, with_images=images is not None)
+    layout = find_layout(None)
+    _REGISTERED[_name] = layout.root.resolve()  # register_atomic of the same directory is then a no-op
+    return atomic_dataset(layout, split, with_images=images is not None)
 
 
 def register_env() -> None:

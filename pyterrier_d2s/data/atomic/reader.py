@@ -12,9 +12,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+try:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+except ImportError as e:  # pragma: no cover - pyarrow is in the test extras
+    raise ImportError("reading AToMiC needs pyarrow: pip install 'pyterrier-d2s[atomic]'") from e
 
 from ..pairs import DataError
 from .layout import CAPTION_COLUMNS, IMAGE_COLUMN, QUERY_COLUMNS, AtomicLayout, require_columns
@@ -28,6 +32,7 @@ __all__ = [
     "join_query",
     "read_qrels",
     "scan_images",
+    "warn_missing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,10 +132,11 @@ def iter_sections(layout: AtomicLayout, text_ids: set[str]) -> Iterator[dict[str
                     "query": join_query(*fields),
                     **dict(zip(QUERY_COLUMNS, fields, strict=True)),
                 }
-    _warn_missing("texts", text_ids - seen, layout.root)
+    warn_missing("texts", text_ids - seen, layout.root)
 
 
-def _warn_missing(what: str, missing: set[str], root: Path) -> None:
+def warn_missing(what: str, missing: set[str], root: Path) -> None:
+    """One warning for judged ids that a partial copy lacks (not an error: part of the images may be enough)."""
     if missing:
         logger.warning("%s: %d judged ids are not in the %s, e.g. %r", root, len(missing), what, min(missing))
 
@@ -229,5 +235,5 @@ def image_bytes(layout: AtomicLayout, image_ids: Iterable[str]) -> dict[str, byt
         return [i in wanted for i in ids]
 
     out = {row["docno"]: row[IMAGE_COLUMN] for row in scan_images(layout, keep, with_images=True)}
-    _warn_missing("images", wanted - set(out), layout.root)
+    warn_missing("images", wanted - set(out), layout.root)
     return out
