@@ -26,6 +26,8 @@ from pyterrier_d2s.data.atomic import (
     read_image_bytes,
     register_atomic,
 )
+from pyterrier_d2s.data.atomic.frames import _free_rows
+from pyterrier_d2s.data.atomic.layout import split_of
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -295,3 +297,42 @@ def test_judged_images_missing_from_a_partial_copy_are_one_warning(tmp_path, cap
     assert split.documents["docno"].tolist() == ["img-003", "img-004"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "2 judged ids are not in the images, e.g. 'img-998'" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("relative", "split"),
+    [
+        ("data/validation-00000-of-00001-3f2a.parquet", "validation"),
+        ("default/test/0000.parquet", "test"),
+        ("qrels.train.txt", "train"),
+        ("dev.qrels", "validation"),
+        ("data/other-00000-of-00001.parquet", None),
+    ],
+)
+def test_the_split_of_a_qrels_file(relative, split):
+    assert split_of(Path("/q") / relative, Path("/q")) == split
+
+
+def test_negatives_are_drawn_from_the_unjudged_rows_only():
+    rng = np.random.default_rng(1)
+    for seed in range(300):
+        n = int(rng.integers(1, 30))
+        taken = np.sort(rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False))
+        k = int(rng.integers(0, n + 2))
+        got = _free_rows(n, taken, k, seed).tolist()
+        free = set(range(n)) - set(taken.tolist())
+        assert len(got) == len(set(got)) == min(k, len(free)) and set(got) <= free
+
+
+def test_image_bytes_are_read_only_from_the_row_groups_that_hold_them(atomic_dir, monkeypatch):
+    reads = []
+    original = pq.ParquetFile.read_row_group
+
+    def recording(self, i, columns=None, **kwargs):
+        reads.append((i, tuple(columns or ())))
+        return original(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", recording)
+    got = read_image_bytes(atomic_dir, ["img-004"])
+    assert list(got) == ["img-004"]  # the second row group of the second file
+    assert [r for r in reads if "image" in r[1]] == [(1, ("image_id", *CAPTIONS, "image"))]  # one group read

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 
 from .layout import CAPTION_COLUMNS, IMAGE_COLUMN, QUERY_COLUMNS, AtomicLayout, find_layout
-from .reader import count_images, iter_images, iter_sections, read_qrels, scan_images, warn_missing
+from .reader import (
+    count_images,
+    find_image_rows,
+    iter_images,
+    iter_sections,
+    read_image_rows,
+    read_qrels,
+    warn_missing,
+)
 
 __all__ = ["AtomicSplit", "load_atomic_split"]
 
@@ -38,36 +46,27 @@ def _documents_frame(rows: list[dict], with_images: bool) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _negative_rows(n_images: int, n_judged: int, negatives: int, seed: int) -> dict[int, int]:
-    """Row number -> draw rank of ``negatives + n_judged`` distinct rows drawn uniformly (seeded), so that
-    ``negatives`` of them remain once the judged images among them are dropped."""
-    size = min(n_images, negatives + n_judged)
-    drawn = np.random.default_rng(seed).choice(n_images, size=size, replace=False)
-    return {int(r): rank for rank, r in enumerate(drawn)}
+def _free_rows(n_images: int, taken: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` row numbers drawn uniformly without replacement (seeded) from ``range(n_images)`` minus the
+    sorted rows ``taken``: draw positions among the free rows, then map each to its row number."""
+    n_free = n_images - len(taken)
+    picks = np.sort(np.random.default_rng(seed).choice(n_free, size=min(k, n_free), replace=False))
+    # the m-th free row is m plus the number of taken rows at or before it: taken[j] - j counts the free rows
+    # before taken[j]
+    return picks + np.searchsorted(taken - np.arange(len(taken)), picks, side="right")
 
 
 def _judged_and_negatives(
     layout: AtomicLayout, judged: set[str], negatives: int, seed: int, with_images: bool
 ) -> list[dict]:
     """The judged images and ``negatives`` other images drawn uniformly from the whole collection, in
-    collection order; one pass over the ``image_id`` columns, the other columns read only where needed."""
-    drawn = _negative_rows(count_images(layout), len(judged), negatives, seed) if negatives > 0 else {}
-    ranks: list[int] = []  # per row read: its draw rank, or -1 if it was not drawn
-
-    def marked(first: int, ids: list[str]) -> list[bool]:
-        flags = [i in judged or (first + k) in drawn for k, i in enumerate(ids)]
-        ranks.extend(drawn.get(first + k, -1) for k, f in enumerate(flags) if f)
-        return flags
-
-    rows = list(scan_images(layout, marked, with_images=with_images))
-    # the negatives: the first `negatives` drawn rows (by draw rank) that are not judged
-    drawn_free = sorted(
-        (r, n)
-        for n, (row, r) in enumerate(zip(rows, ranks, strict=True))
-        if r >= 0 and row["docno"] not in judged
-    )
-    chosen = {n for _, n in drawn_free[:negatives]}
-    return [row for n, row in enumerate(rows) if row["docno"] in judged or n in chosen]
+    collection order: one pass over the ``image_id`` columns finds the judged rows, then only the row groups
+    holding a wanted row are read."""
+    taken = find_image_rows(layout, judged)
+    rows = taken
+    if negatives > 0:
+        rows = np.concatenate([taken, _free_rows(count_images(layout), taken, negatives, seed)])
+    return list(read_image_rows(layout, rows, with_images=with_images))
 
 
 def load_atomic_split(

@@ -8,9 +8,10 @@ from the row groups that hold a wanted image.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 try:
@@ -31,7 +32,8 @@ __all__ = [
     "join_captions",
     "join_query",
     "read_qrels",
-    "scan_images",
+    "find_image_rows",
+    "read_image_rows",
     "warn_missing",
 ]
 
@@ -205,35 +207,45 @@ def count_images(layout: AtomicLayout) -> int:
     return sum(_open(p).metadata.num_rows for p in layout.images)
 
 
-RowFilter = Callable[[int, list[str]], list[bool]]
+def find_image_rows(layout: AtomicLayout, image_ids: Iterable[str]) -> np.ndarray:
+    """The collection row numbers (0-based, over the files in order) of ``image_ids``, sorted; reads only the
+    ``image_id`` columns. Ids not in the collection have no row."""
+    wanted = pa.array(sorted(set(image_ids)), type=pa.string())
+    rows, offset = [], 0
+    for path in layout.images:
+        pf = _open(path)
+        require_columns(path, pf.schema_arrow.names, ("image_id",))
+        for batch in pf.iter_batches(batch_size=_BATCH * 8, columns=["image_id"]):
+            hits = pc.is_in(pc.cast(batch.column("image_id"), pa.string()), value_set=wanted)
+            rows.append(pc.indices_nonzero(hits).to_numpy() + offset)
+            offset += batch.num_rows
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
-def scan_images(layout: AtomicLayout, keep: RowFilter, with_images: bool = False) -> Iterator[dict]:
-    """The documents (as :func:`iter_images`) of the rows that ``keep(first_row, image_ids)`` marks.
+def read_image_rows(layout: AtomicLayout, rows: np.ndarray, with_images: bool = False) -> Iterator[dict]:
+    """The documents (as :func:`iter_images`) at collection row numbers ``rows``, in collection order.
 
-    ``keep`` sees each row group's global first row number and its image ids and returns one flag per row;
-    only the row groups with a marked row are read beyond their ``image_id`` column.
+    Row groups are located from the parquet footers, and only those holding a wanted row are read (with only
+    the columns needed): image bytes of other row groups are never read.
     """
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
     offset = 0
     for path in layout.images:
         pf = _open(path)
         columns = _image_columns(path, pf, with_images)
         for g in range(pf.num_row_groups):
-            ids = _strings(pf.read_row_group(g, columns=["image_id"]).column("image_id"))
-            flags = keep(offset, ids)
-            offset += len(ids)
-            if any(flags):
-                table = pf.read_row_group(g, columns=columns).filter(pa.array(flags, type=pa.bool_()))
+            n = pf.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(rows, [offset, offset + n])
+            if hi > lo:
+                table = pf.read_row_group(g, columns=columns).take(pa.array(rows[lo:hi] - offset))
                 yield from _doc_rows(table, path, with_images)
+            offset += n
 
 
 def image_bytes(layout: AtomicLayout, image_ids: Iterable[str]) -> dict[str, bytes]:
     """image_id -> encoded image bytes for ``image_ids``, reading only the row groups that hold them."""
     wanted = set(image_ids)
-
-    def keep(_first: int, ids: list[str]) -> list[bool]:
-        return [i in wanted for i in ids]
-
-    out = {row["docno"]: row[IMAGE_COLUMN] for row in scan_images(layout, keep, with_images=True)}
+    rows = find_image_rows(layout, wanted)
+    out = {row["docno"]: row[IMAGE_COLUMN] for row in read_image_rows(layout, rows, with_images=True)}
     warn_missing("images", wanted - set(out), layout.root)
     return out
