@@ -9,6 +9,7 @@ hands out) hold the rest.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -64,3 +65,15 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def _register_atomic_from_env() -> None:
+    """With ``D2S_ATOMIC_DIR`` set, ``d2s-atomic/<split>`` names resolve in ir_datasets (and in
+    ``pt.get_dataset("irds:...")``). Only then is ir_datasets imported: it costs half a second."""
+    if os.environ.get("D2S_ATOMIC_DIR"):
+        from .data.atomic.irds import register_env
+
+        register_env()
+
+
+_register_atomic_from_env()
