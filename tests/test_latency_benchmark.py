@@ -34,6 +34,10 @@ def test_latency_benchmark_small_json(tmp_path):
             sys.executable,
             str(ROOT / "benchmarks" / "latency.py"),
             "--small",
+            "--docs",  # the suite checks the rows, not the speed: a smaller --small
+            "2000",
+            "--queries",
+            "20",
             "--json",
             "--workdir",
             str(tmp_path),
