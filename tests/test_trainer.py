@@ -210,8 +210,10 @@ def test_cli_killed_run_resumes_to_the_same_head(tmp_path):
 
     data_dir = write_unsplit_vectors_dir(tmp_path / "data", 96)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # all 30,522 output tokens: slow enough (~0.1 s a step) to be killed between two checkpoints
+    # all 30,522 output tokens: slow enough (~0.1 s a step) to be killed between two checkpoints; the paper's
+    # start, since the text-space start would first embed all 30,522 words (a minute per run, not under test)
     args = ["train", "--data", str(data_dir), "--epochs", "8", "--batch-size", "32", "--output-vocab", "all"]
+    args += ["--init", "embeddings"]
     args.append("--quiet")
     ref = d2s(*args, "--out", str(tmp_path / "ref"), env=env, stdout=subprocess.PIPE)
     assert ref.wait(timeout=300) == 0

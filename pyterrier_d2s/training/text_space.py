@@ -234,7 +234,7 @@ def fit_own_tokens_(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     with torch.no_grad():
         head.vocab_proj.weight[ids] = weight.detach()
         head.vocab_proj.bias[ids] = bias.detach()
