@@ -1,0 +1,127 @@
+"""Data-parallel training with gloo on CPU: 2 spawned processes against one (issue 15).
+
+The 2-process run trains with the same global batch and seed as the one-process run, so the weights must
+agree to float tolerance: every rank draws the same masks and computes the same global-batch loss, and the
+only difference is the order in which float32 gradients are summed (the two halves' contributions are
+added by the all-reduce instead of inside one matmul) and the head's matmuls over 7-8 rows instead of 15.
+Those rounding differences (~1e-8 measured on weights of magnitude ~0.3) pass through a few Adam steps, which
+divide by sqrt(v) and so can magnify them where a gradient is tiny; ``atol=1e-6`` is 100x the measured
+difference and far below any change a real bug (a wrong slice, a missing gradient scale: ~1e-3) makes.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from _distributed_worker import train
+
+from pyterrier_d2s.cli import main
+from pyterrier_d2s.data import DataError, load_pairs
+from pyterrier_d2s.data.synthetic import random_pairs, write_unsplit_vectors_dir
+from pyterrier_d2s.encoders.cache import FINAL_FILES, encode_vectors_dir
+from pyterrier_d2s.encoders.inputs import ImageItem
+from pyterrier_d2s.encoders.parts import encode_shard, merge_parts
+from pyterrier_d2s.encoders.precomputed import PrecomputedEncoder
+from pyterrier_d2s.training import D2STrainer, TrainConfig
+from pyterrier_d2s.training.checkpoint import CHECKPOINT_NAME
+from pyterrier_d2s.training.distributed import Distributed, chunk_sizes
+
+# a global batch of 15 does not split evenly over 2 ranks (8 + 7): the padded gather is exercised too
+CONFIG = dict(exp="c+w", eta=1e-3, epochs=3, batch_size=15, hidden_dim=16, init="random", seed=7)
+ATOL = 1e-6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_process() -> dict:
+    torch.set_num_threads(1)
+    result = D2STrainer(TrainConfig(**CONFIG), progress=False).fit(random_pairs())
+    return {"state": result.head.state_dict(), "history": result.history}
+
+
+def two_processes(out, kill_at=None) -> dict:
+    mp.spawn(train, args=(2, free_port(), CONFIG, str(out), kill_at), nprocs=2)
+    return torch.load(out / "result.pt", weights_only=True)
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    for name, value in a["state"].items():
+        torch.testing.assert_close(b["state"][name], value, atol=ATOL, rtol=0, msg=name)
+    assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]]
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        assert hb["loss"] == pytest.approx(ha["loss"], abs=1e-5)
+
+
+def test_two_ranks_train_what_one_process_trains(tmp_path, one_process):
+    two = two_processes(tmp_path)
+    assert_same_training(one_process, two)
+    assert two["bytes"] > 0  # the outputs and gradients did cross between the ranks
+
+
+def test_killed_rank_resumes_from_rank_0s_checkpoint(tmp_path, one_process):
+    with pytest.raises(mp.ProcessExitedException):
+        two_processes(tmp_path, kill_at=(1, 1))  # rank 1 dies mid-epoch 2
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    assert_same_training(one_process, two_processes(tmp_path))
+
+
+def test_global_batch_slices_are_disjoint_and_cover_it():
+    for n, world in [(15, 2), (16, 4), (3, 4), (1, 2)]:
+        assert sum(chunk_sizes(n, world)) == n
+        rows = [list(range(n))[Distributed(rank=r, world=world).local_slice(n)] for r in range(world)]
+        assert sum(rows, []) == list(range(n))
+
+
+# -- sharded encoding -----------------------------------------------------------------------------------
+@pytest.fixture
+def encode_inputs(tmp_path):
+    """A precomputed encoder and its inputs: 10 images, their captions in shuffled order (so the merge must
+    restore the input order), and one caption of an image that is not in the inputs."""
+    src = write_unsplit_vectors_dir(tmp_path / "src", 10)
+    encoder = PrecomputedEncoder(src)
+    pairs = load_pairs(src)
+    images = [ImageItem(i, Path(i), {"image_id": i}) for i in pairs.image_ids]
+    captions = [
+        {"caption_id": c, "image_id": pairs.image_ids[k], "caption": t}
+        for c, k, t in zip(pairs.caption_ids, pairs.caption_image, pairs.caption_texts, strict=True)
+    ]
+    captions = [captions[k] for k in np.random.default_rng(0).permutation(len(captions))]
+    captions.append({**captions[0], "caption_id": "orphan", "image_id": "not-an-input"})
+    return encoder, images, captions
+
+
+def test_sharded_encode_merges_into_the_one_process_directory(tmp_path, encode_inputs):
+    encoder, images, captions = encode_inputs
+    encode_vectors_dir(encoder, images, captions, tmp_path / "one", progress=False)
+    for shard in (2, 0, 1):  # any order; each part on its own
+        encode_shard(encoder, images, captions, tmp_path / "sharded", shard, 3, chunk_size=2, progress=False)
+    assert merge_parts(tmp_path / "sharded")["parts"] == 3
+    for name in FINAL_FILES:
+        assert (tmp_path / "sharded" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert not list((tmp_path / "sharded").glob("part-*"))
+
+
+def test_encode_shard_errors_are_one_line(tmp_path, encode_inputs, capsys):
+    encoder, images, captions = encode_inputs
+    with pytest.raises(ValueError, match=r"--shard 3 is out of range: shards are 0\.\.2 of --num-shards 3"):
+        encode_shard(encoder, images, captions, tmp_path / "v", 3, 3)
+    encode_shard(encoder, images, captions, tmp_path / "v", 0, 3, progress=False)
+    with pytest.raises(DataError, match=r"part-00001-of-00003: shard 1 of 3 is missing or unfinished"):
+        merge_parts(tmp_path / "v")
+    inputs = ["--encoder", "e", "--images", "i", "--captions", "c"]
+    assert main(["encode", *inputs, "--out", str(tmp_path / "w"), "--shard", "1"]) == 2
+    assert "give both --shard and --num-shards" in capsys.readouterr().err
+    assert main(["encode", "--out", str(tmp_path / "w")]) == 2
+    assert "--encoder, --images and --captions are required" in capsys.readouterr().err
+    assert main(["encode", "--merge", "--out", str(tmp_path / "w")]) == 2
+    assert "no part-*-of-* directories to merge" in capsys.readouterr().err
