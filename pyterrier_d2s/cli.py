@@ -209,8 +209,21 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
 
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="encode the images of a data set with a head and build a D2SIndex")
-    p.add_argument("--model", required=True, help="head directory (from d2s train)")
-    p.add_argument("--data", required=True, help="packaged name, vectors directory or authors' dir")
+    p.add_argument("--model", default=None, help="head directory (from d2s train)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        help="packaged name, vectors directory or authors' dir; several (the parts of a sharded d2s encode) "
+        "are indexed one by one and merged",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="INDEX",
+        help="instead: merge these built indexes (per-shard d2s index outputs) into --out",
+    )
     p.add_argument("--out", required=True, help="index directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     p.add_argument(
@@ -222,7 +235,7 @@ def _add_index(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="compare dense, sparse, no-expansion and rescored retrieval")
-    p.add_argument("--model", required=True, help="head directory (from d2s train)")
+    p.add_argument("--model", default=None, help="head directory (from d2s train)")
     p.add_argument("--index", required=True, help="index directory (from d2s index)")
     p.add_argument("--data", required=True, help="the data set the index was built from")
     p.add_argument(
@@ -363,9 +376,16 @@ def _add_explain(sub) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> dict:
-    from .indexing import index_images
+    from .indexing import index_images, merge_index_parts
 
-    return index_images(args.model, args.data, args.out, overwrite=args.overwrite, all_splits=args.all_splits)
+    if args.merge:
+        if args.model or args.data:
+            raise ValueError("--merge takes built indexes: give it no --model or --data")
+        return merge_index_parts(args.merge, args.out, overwrite=args.overwrite)
+    if not args.model or not args.data:
+        raise ValueError("--model and --data are required (except with --merge)")
+    data = args.data[0] if len(args.data) == 1 else args.data
+    return index_images(args.model, data, args.out, overwrite=args.overwrite, all_splits=args.all_splits)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> list[dict]:

@@ -11,11 +11,13 @@ difference and far below any change a real bug (a wrong slice, a missing gradien
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.multiprocessing as mp
 from _distributed_worker import train
@@ -25,8 +27,10 @@ from pyterrier_d2s.data import DataError, load_pairs
 from pyterrier_d2s.data.synthetic import random_pairs, write_unsplit_vectors_dir
 from pyterrier_d2s.encoders.cache import FINAL_FILES, encode_vectors_dir
 from pyterrier_d2s.encoders.inputs import ImageItem
-from pyterrier_d2s.encoders.parts import encode_shard, merge_parts
+from pyterrier_d2s.encoders.parts import encode_shard, merge_parts, part_dir
 from pyterrier_d2s.encoders.precomputed import PrecomputedEncoder
+from pyterrier_d2s.index import D2SIndex
+from pyterrier_d2s.index.building import merge_indexes
 from pyterrier_d2s.training import D2STrainer, TrainConfig
 from pyterrier_d2s.training.checkpoint import CHECKPOINT_NAME
 from pyterrier_d2s.training.distributed import Distributed, chunk_sizes
@@ -125,3 +129,61 @@ def test_encode_shard_errors_are_one_line(tmp_path, encode_inputs, capsys):
     assert "--encoder, --images and --captions are required" in capsys.readouterr().err
     assert main(["encode", "--merge", "--out", str(tmp_path / "w")]) == 2
     assert "no part-*-of-* directories to merge" in capsys.readouterr().err
+
+
+# -- per-shard index building -----------------------------------------------------------------------------
+def test_per_shard_indexes_merge_into_the_one_shot_index(tmp_path, encode_inputs, capsys):
+    encoder, images, captions = encode_inputs
+    captions = captions[:-1]  # no orphan caption: these directories must load as data sets
+    vectors = tmp_path / "vectors"
+    for shard in range(2):
+        encode_shard(encoder, images, captions, vectors, shard, 2, progress=False)
+    merge_parts(vectors, keep_parts=True)
+    parts = [str(part_dir(vectors, k, 2)) for k in range(2)]
+    head = tmp_path / "head"
+    D2STrainer(TrainConfig(hidden_dim=16, init="random"), progress=False).new_head(
+        encoder.dim
+    ).save_pretrained(head)
+    index = ["index", "--model", str(head), "--all-splits", "--out"]
+    assert main([*index, str(tmp_path / "one"), "--data", str(vectors)]) == 0
+    assert main([*index, str(tmp_path / "from-parts"), "--data", *parts]) == 0  # indexed one by one, merged
+    for k, part in enumerate(parts):
+        assert main([*index, str(tmp_path / f"shard{k}"), "--data", part]) == 0
+    capsys.readouterr()
+    shards = [str(tmp_path / "shard0"), str(tmp_path / "shard1")]
+    assert main(["index", "--merge", *shards, "--out", str(tmp_path / "merged")]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == len(images)
+    one = D2SIndex(tmp_path / "one")
+    merged = D2SIndex(tmp_path / "merged").forward()
+    assert (D2SIndex(tmp_path / "from-parts").forward().matrix != merged.matrix).nnz == 0
+    a = one.forward()
+    assert a.docnos.tolist() == merged.docnos.tolist() and a.terms.tolist() == merged.terms.tolist()
+    # the same weights up to float rounding: the head encodes 5 images per batch instead of 10
+    assert a.matrix.nnz == merged.matrix.nnz and abs(a.matrix - merged.matrix).max() <= 1e-6
+    scores = a.matrix @ a.matrix.T, merged.matrix @ merged.matrix.T  # every document as a query
+    np.testing.assert_allclose(scores[1].toarray(), scores[0].toarray(), rtol=1e-6, atol=1e-5)
+    assert D2SIndex(tmp_path / "merged").meta["built_with"] == one.meta["built_with"]
+    assert main(["index", "--merge", shards[0], shards[0], "--out", str(tmp_path / "dup")]) == 2
+    err = capsys.readouterr().err
+    assert f"duplicate docno {images[0].image_id!r} across shards: in {shards[0]!r} and {shards[0]!r}" in err
+
+
+def test_merging_indexes_of_the_same_rows_is_exact(tmp_path):
+    """Given the same sparse rows, per-shard builds merge into exactly the one-shot build."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(9, 6, density=0.5, random_state=rng, format="csr", dtype=np.float32)
+    docnos, terms = [f"d{k}" for k in range(9)], [f"t{k}" for k in range(6)]
+    one = D2SIndex(tmp_path / "one").indexer().index_matrix(docnos, matrix, terms)
+    parts = []
+    for k, rows in enumerate([slice(0, 4), slice(4, 9)]):
+        used = np.flatnonzero(matrix[rows].getnnz(axis=0))  # each part knows only its own terms
+        part = D2SIndex(tmp_path / f"p{k}").indexer()
+        parts.append(part.index_matrix(docnos[rows], matrix[rows][:, used], [terms[u] for u in used]))
+    merged = merge_indexes(parts, D2SIndex(tmp_path / "merged")).forward()
+    assert merged.docnos.tolist() == docnos
+    assert weights(merged) == weights(one.forward())
+
+
+def weights(store) -> dict[tuple[str, str], float]:
+    m = store.matrix.tocoo()
+    return {(store.docnos[r], store.terms[c]): float(v) for r, c, v in zip(m.row, m.col, m.data, strict=True)}

@@ -134,23 +134,17 @@ def merge_parts(out: str | os.PathLike, keep_parts: bool = False) -> dict:
     """
     out = Path(out)
     parts = _finished_parts(out)
-    metas = [json.loads((p / "encoder.json").read_text(encoding="utf-8")) for p, _ in parts]
-    encoders = {(m["dense_encoder"], m["dim"]) for m in metas}
-    if len(encoders) > 1:
-        raise DataError(f"{out}: the parts were encoded with different encoders: {sorted(encoders)}")
+    meta = _merged_meta(out, [p for p, _ in parts])
     images = np.concatenate([np.load(p / "image_vectors.npy") for p, _ in parts])
-    image_rows = [row for p, _ in parts for row in _read_jsonl(p / "images.jsonl")]
-    order = np.argsort(
-        np.concatenate([np.asarray(r["caption_positions"], dtype=np.int64) for _, r in parts]), kind="stable"
-    )
+    _write_atomic(out / "image_vectors.npy", lambda f: np.save(f, images))
+    _write_jsonl(out / "images.jsonl", [row for p, _ in parts for row in _read_jsonl(p / "images.jsonl")])
+    # captions back in input order: by the positions each part recorded
+    positions = [np.asarray(r["caption_positions"], dtype=np.int64) for _, r in parts]
+    order = np.argsort(np.concatenate(positions), kind="stable")
     captions = np.concatenate([np.load(p / "caption_vectors.npy") for p, _ in parts])[order]
     caption_rows = [row for p, _ in parts for row in _read_jsonl(p / "captions.jsonl")]
-    _write_atomic(out / "image_vectors.npy", lambda f: np.save(f, images))
-    _write_jsonl(out / "images.jsonl", image_rows)
     _write_atomic(out / "caption_vectors.npy", lambda f: np.save(f, captions))
     _write_jsonl(out / "captions.jsonl", [caption_rows[k] for k in order])
-    skipped = {k: v for m in metas for k, v in m["skipped_images"].items()}
-    meta = {"dense_encoder": metas[0]["dense_encoder"], "dim": metas[0]["dim"], "skipped_images": skipped}
     _write_atomic(out / "encoder.json", lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
     if not keep_parts:
         for part, _ in parts:
@@ -162,6 +156,16 @@ def merge_parts(out: str | os.PathLike, keep_parts: bool = False) -> dict:
         "parts": len(parts),
         "files": list(FINAL_FILES),
     }
+
+
+def _merged_meta(out: Path, parts: list[Path]) -> dict:
+    """The merged ``encoder.json``: the parts' encoder (one for all, checked) and their skipped images."""
+    metas = [json.loads((p / "encoder.json").read_text(encoding="utf-8")) for p in parts]
+    encoders = {(m["dense_encoder"], m["dim"]) for m in metas}
+    if len(encoders) > 1:
+        raise DataError(f"{out}: the parts were encoded with different encoders: {sorted(encoders)}")
+    skipped = {k: v for m in metas for k, v in m["skipped_images"].items()}
+    return {"dense_encoder": metas[0]["dense_encoder"], "dim": metas[0]["dim"], "skipped_images": skipped}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
