@@ -26,24 +26,33 @@ def join(rank: int, world: int, port: int) -> None:
     init_from_env(backend="gloo", timeout_s=60)
 
 
-def train(rank: int, world: int, port: int, config: dict, out: str, kill_at: tuple[int, int] | None) -> None:
-    """Train ``config`` on the test data; rank 0 saves the head and history to ``out``/result.pt.
+Run = tuple[str, dict, "tuple[int, int] | None"]  # (subdirectory, TrainConfig fields, kill_at)
 
-    ``kill_at`` (epoch, step): rank 1 dies there, as a killed process would (no clean-up, no exception).
+
+def train(rank: int, world: int, port: int, runs: list[Run], out: str) -> None:
+    """Train each run's config on the test data into ``out``/subdirectory; rank 0 saves each head and
+    history there as result.pt. Several runs share one spawn, since starting the processes costs most.
+
+    A run's ``kill_at`` (epoch, step): rank 1 dies there, as a killed process would (no clean-up, no
+    exception), so the runs after it never start.
     """
     join(rank, world, port)
+    for name, config, kill_at in runs:
 
-    def die(event: str, info: dict) -> None:
-        if kill_at and rank == 1 and event == "step" and (info["epoch"], info["step"]) == kill_at:
-            os._exit(3)
+        def die(event: str, info: dict, kill_at=kill_at) -> None:
+            if kill_at and rank == 1 and event == "step" and (info["epoch"], info["step"]) == tuple(kill_at):
+                os._exit(3)
 
-    trainer = D2STrainer(
-        TrainConfig(**config), vocab=Vocabulary(), checkpoint_dir=out, callbacks=[die], progress=False
-    )
-    result = trainer.fit(random_pairs())
-    if rank == 0:
-        torch.save(
-            {"state": result.head.state_dict(), "history": result.history, "bytes": trainer.dist.bytes_sent},
-            Path(out) / "result.pt",
+        where = Path(out) / name
+        trainer = D2STrainer(
+            TrainConfig(**config), vocab=Vocabulary(), checkpoint_dir=where, callbacks=[die], progress=False
         )
+        result = trainer.fit(random_pairs())
+        if rank == 0:
+            state = {
+                "state": result.head.state_dict(),
+                "history": result.history,
+                "bytes": trainer.dist.bytes_sent,
+            }
+            torch.save(state, where / "result.pt")
     torch.distributed.destroy_process_group()

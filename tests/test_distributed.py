@@ -53,9 +53,27 @@ def one_process() -> dict:
     return {"state": result.head.state_dict(), "history": result.history}
 
 
-def two_processes(out, kill_at=None) -> dict:
-    mp.spawn(train, args=(2, free_port(), CONFIG, str(out), kill_at), nprocs=2)
-    return torch.load(out / "result.pt", weights_only=True)
+def two_processes(out, runs) -> None:
+    mp.spawn(train, args=(2, free_port(), runs, str(out)), nprocs=2)
+
+
+def result(out, name: str) -> dict:
+    return torch.load(out / name / "result.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One spawn of 2 ranks: the run, the run with per-rank negatives, and a run whose rank 1 is killed
+    mid-epoch 2 (which ends the spawn)."""
+    out = tmp_path_factory.mktemp("ranks")
+    runs = [
+        ("global", CONFIG, None),
+        ("local", {**CONFIG, "negatives": "local"}, None),
+        ("killed", CONFIG, (1, 1)),
+    ]
+    with pytest.raises(mp.ProcessExitedException):
+        two_processes(out, runs)
+    return out
 
 
 def assert_same_training(a: dict, b: dict) -> None:
@@ -66,17 +84,21 @@ def assert_same_training(a: dict, b: dict) -> None:
         assert hb["loss"] == pytest.approx(ha["loss"], abs=1e-5)
 
 
-def test_two_ranks_train_what_one_process_trains(tmp_path, one_process):
-    two = two_processes(tmp_path)
+def test_two_ranks_train_what_one_process_trains(two_ranks, one_process):
+    two, local = result(two_ranks, "global"), result(two_ranks, "local")
     assert_same_training(one_process, two)
-    assert two["bytes"] > 0  # the outputs and gradients did cross between the ranks
+    assert two["bytes"] > local["bytes"] > 0  # outputs and gradients crossed; with "local" gradients only
+    # per-rank negatives: a softmax over 7-8 candidates instead of 15, so another (finite) loss
+    assert all(np.isfinite(h["loss"]) for h in local["history"])
+    assert local["history"][0]["loss"] != pytest.approx(one_process["history"][0]["loss"], abs=1e-3)
 
 
-def test_killed_rank_resumes_from_rank_0s_checkpoint(tmp_path, one_process):
-    with pytest.raises(mp.ProcessExitedException):
-        two_processes(tmp_path, kill_at=(1, 1))  # rank 1 dies mid-epoch 2
-    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
-    assert_same_training(one_process, two_processes(tmp_path))
+def test_killed_rank_resumes_from_rank_0s_checkpoint(two_ranks, one_process):
+    killed = two_ranks / "killed"
+    assert not (killed / "result.pt").exists()
+    assert torch.load(killed / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1  # rank 0's, after epoch 1
+    two_processes(two_ranks, [("killed", CONFIG, None)])  # both ranks resume from it
+    assert_same_training(one_process, result(two_ranks, "killed"))
 
 
 def test_global_batch_slices_are_disjoint_and_cover_it():

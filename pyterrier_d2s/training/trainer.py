@@ -176,6 +176,8 @@ class _Run:
             else:
                 rows = local
             parts = self.loss_fn(s_img, s_cap, z_img[cap_img[rows]], z_cap[rows], l1_factor=self.l1_factor)
+        if len(rows) < 2:  # "local" with fewer than 2 rows here (an epoch's short last batch): no signal,
+            parts.total = sum(p.sum() for p in self.head.parameters()) * 0.0  # but zero gradients to reduce
         parts.total.backward()
         self.dist.average_gradients(self.head.parameters())
         self.optimizer.step()
