@@ -452,8 +452,9 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     )
 
 
-def cmd_encode(args: argparse.Namespace) -> dict:
+def cmd_encode(args: argparse.Namespace) -> dict | None:
     from .encoding import encode_dataset, merge_encoded_parts
+    from .training.distributed import under_torchrun
 
     if args.merge:
         return merge_encoded_parts(args.out, keep_parts=args.keep_parts)
@@ -476,6 +477,8 @@ def cmd_encode(args: argparse.Namespace) -> dict:
     )
     if isinstance(summary, dict):  # rank 0 of a torchrun encode: the merge's summary
         return summary
+    if args.shard is None and under_torchrun():
+        return None  # the other ranks of a torchrun encode: rank 0 prints
     if summary.skipped_images:
         print(f"skipped {len(summary.skipped_images)} unreadable image(s):", file=sys.stderr)
         for reason in summary.skipped_images.values():

@@ -129,12 +129,27 @@ def encode_inputs(tmp_path):
 def test_sharded_encode_merges_into_the_one_process_directory(tmp_path, encode_inputs):
     encoder, images, captions = encode_inputs
     encode_vectors_dir(encoder, images, captions, tmp_path / "one", progress=False)
-    for shard in (2, 0, 1):  # any order; each part on its own
-        encode_shard(encoder, images, captions, tmp_path / "sharded", shard, 3, chunk_size=2, progress=False)
-    assert merge_parts(tmp_path / "sharded")["parts"] == 3
+    sharded = tmp_path / "sharded"
+    calls, encode_text = [], encoder.encode_text
+
+    def interrupted(texts):  # shard 1 dies after its first chunk of captions
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode_text(texts)
+
+    encoder.encode_text = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        encode_shard(encoder, images, captions, sharded, 1, 3, chunk_size=2, progress=False)
+    encoder.encode_text = encode_text
+    for shard in (2, 0, 1):  # any order; each part on its own; shard 1 resumes
+        summary = encode_shard(encoder, images, captions, sharded, shard, 3, chunk_size=2, progress=False)
+    assert summary.resumed_captions == 2
+    assert encode_shard(encoder, images, captions, sharded, 1, 3).encoded_images == 0  # finished: left alone
+    assert merge_parts(sharded)["parts"] == 3
     for name in FINAL_FILES:
-        assert (tmp_path / "sharded" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
-    assert not list((tmp_path / "sharded").glob("part-*"))
+        assert (sharded / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert not list(sharded.glob("part-*"))
 
 
 def test_encode_shard_errors_are_one_line(tmp_path, encode_inputs, capsys):
