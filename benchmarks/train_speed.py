@@ -7,8 +7,14 @@ present, ``--full`` runs the whole job (``--epochs``, default 200) and reports i
 
     python benchmarks/train_speed.py --steps 20            # CPU: samples/s, projected epoch time
     python benchmarks/train_speed.py --full --epochs 200   # GPU: the paper's whole job
+    python benchmarks/train_speed.py --nproc 1 2           # data-parallel: 1 and 2 ranks (gloo on CPU,
+                                                           # NCCL on GPUs), the same global batch
 
-Prints one JSON object as its last line.
+With ``--nproc``, each N runs as N processes (spawned here, joined through torch.distributed as torchrun
+would) training on one global batch of ``--batch-size``; ``samples_per_second`` counts global-batch
+samples, and ``bytes_per_step`` is what rank 0 hands to collectives per step (the gathered |V|-wide sparse
+outputs, the gather's backward and the gradient all-reduce). Prints one JSON object as its last line (with
+``--nproc``: one per N, under ``"runs"``).
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import socket
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,8 +60,55 @@ def main() -> None:
         help="vocabulary dir (vocab.txt + model.safetensors with the word embeddings); default: the offline one",
     )
     ap.add_argument("--log", default=None, help="append one JSON line per epoch to this file (full mode)")
+    ap.add_argument(
+        "--nproc",
+        type=int,
+        nargs="+",
+        default=None,
+        help="time the steps with each of these numbers of ranks",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     args = ap.parse_args()
+    if args.nproc:
+        print(json.dumps({"benchmark": "train_speed", "runs": [_ranks(args, n) for n in args.nproc]}))
+        return
+    print(json.dumps(_run(args)))
 
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(args: argparse.Namespace, nproc: int) -> dict:
+    """The steps timing with ``nproc`` spawned ranks; rank 0's result."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rank0.json"
+        mp.spawn(_rank, args=(nproc, _free_port(), args, str(out)), nprocs=nproc)
+        return {"nproc": nproc, **json.loads(out.read_text())}
+
+
+def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    if torch.cuda.is_available() and args.device is None:
+        args.device = f"cuda:{rank}"  # one GPU per rank
+    result = _run(args)
+    if rank == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+def _run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     data = coco_shaped_pairs(args.images, args.captions_per_image, args.dim, val_images=args.val_images)
     n_train = (args.images - args.val_images) * args.captions_per_image
@@ -101,21 +158,28 @@ def main() -> None:
         )
     else:
         stamps: list[float] = []
+        sent: list[int] = []
 
         def clock(event: str, info: dict) -> None:
             if event == "step":
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 stamps.append(time.perf_counter())
+                sent.append(trainer.dist.bytes_sent)
                 if len(stamps) > args.warmup_steps + args.steps:
                     raise _Stop
 
         t = time.perf_counter()
+        trainer = D2STrainer(config, vocab=vocab, device=device, callbacks=[clock], progress=False)
         try:
-            D2STrainer(config, vocab=vocab, device=device, callbacks=[clock], progress=False).fit(data)
+            trainer.fit(data)
         except _Stop:
             pass
         timed = np.diff(stamps[args.warmup_steps :])
+        result.update(
+            world_size=trainer.dist.world,
+            bytes_per_step=int(np.median(np.diff(sent[args.warmup_steps :]))),
+        )
         step_s = float(np.median(timed))
         sps = args.batch_size / step_s
         result.update(
@@ -128,7 +192,7 @@ def main() -> None:
             projected_epoch_seconds=round(n_train / sps, 1),
             projected_200_epochs_hours=round(200 * n_train / sps / 3600, 2),
         )
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

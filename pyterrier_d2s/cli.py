@@ -135,6 +135,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory for the head (and its checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--negatives",
+        choices=("global", "local"),
+        default="global",
+        help="under torchrun: in-batch negatives over the global batch (the one-process loss; each step "
+        "gathers the ranks' |V|-wide outputs) or over each rank's own rows (nothing gathered)",
+    )
+    p.add_argument(
         "--restart",
         action="store_true",
         help="start over: a checkpoint in --out is kept aside (checkpoint.pt.corrupt if unreadable, else "
@@ -160,7 +167,7 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-folds", type=int, default=None, help="number of image folds of --fold")
 
 
-def cmd_train(args: argparse.Namespace) -> dict:
+def cmd_train(args: argparse.Namespace) -> dict | None:
     from .training import TrainConfig
     from .training_run import train_head
 
@@ -182,8 +189,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
         init=args.init,
         proj_init=args.proj_init,
         regulariser=args.regulariser,
+        negatives=args.negatives,
     )
-    return train_head(
+    report = train_head(
         args.data,
         args.out,
         config,
@@ -196,12 +204,26 @@ def cmd_train(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
         notify=_note("train"),
     )
+    return None if report.get("rank", 0) else report  # under torchrun rank 0 alone prints
 
 
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="encode the images of a data set with a head and build a D2SIndex")
-    p.add_argument("--model", required=True, help="head directory (from d2s train)")
-    p.add_argument("--data", required=True, help="packaged name, vectors directory or authors' dir")
+    p.add_argument("--model", default=None, help="head directory (from d2s train)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        help="packaged name, vectors directory or authors' dir; several (the parts of a sharded d2s encode) "
+        "are indexed one by one and merged",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="INDEX",
+        help="instead: merge these built indexes (per-shard d2s index outputs) into --out",
+    )
     p.add_argument("--out", required=True, help="index directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     p.add_argument(
@@ -213,7 +235,7 @@ def _add_index(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="compare dense, sparse, no-expansion and rescored retrieval")
-    p.add_argument("--model", required=True, help="head directory (from d2s train)")
+    p.add_argument("--model", default=None, help="head directory (from d2s train)")
     p.add_argument("--index", required=True, help="index directory (from d2s index)")
     p.add_argument("--data", required=True, help="the data set the index was built from")
     p.add_argument(
@@ -286,14 +308,12 @@ def _add_encode(sub) -> None:
         "encode", help="encode images and captions with a dense model into a vectors directory (resumable)"
     )
     p.add_argument(
-        "--encoder", required=True, help="transformers BLIP/CLIP name or dir, or lavis:<model>/<type>"
+        "--encoder", default=None, help="transformers BLIP/CLIP name or dir, or lavis:<model>/<type>"
     )
-    p.add_argument(
-        "--images", required=True, help="image directory, or a .jsonl (image_id, file) / text list"
-    )
+    p.add_argument("--images", default=None, help="image directory, or a .jsonl (image_id, file) / text list")
     p.add_argument(
         "--captions",
-        required=True,
+        default=None,
         help="JSONL (caption_id, image_id, caption) or Karpathy dataset_meta.json",
     )
     p.add_argument(
@@ -315,6 +335,18 @@ def _add_encode(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="start afresh, removing what is at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--shard", type=int, default=None, help="encode only shard I (0-based) of --num-shards")
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help="with --shard: the number of shards; each writes --out/part-IIIII-of-NNNNN (under torchrun: "
+        "one shard per rank, merged by rank 0)",
+    )
+    p.add_argument(
+        "--merge", action="store_true", help="merge the finished parts in --out into one vectors directory"
+    )
+    p.add_argument("--keep-parts", action="store_true", help="with --merge: keep the parts afterwards")
 
 
 def _add_plot(sub) -> None:
@@ -344,9 +376,16 @@ def _add_explain(sub) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> dict:
-    from .indexing import index_images
+    from .indexing import index_images, merge_index_parts
 
-    return index_images(args.model, args.data, args.out, overwrite=args.overwrite, all_splits=args.all_splits)
+    if args.merge:
+        if args.model or args.data:
+            raise ValueError("--merge takes built indexes: give it no --model or --data")
+        return merge_index_parts(args.merge, args.out, overwrite=args.overwrite)
+    if not args.model or not args.data:
+        raise ValueError("--model and --data are required (except with --merge)")
+    data = args.data[0] if len(args.data) == 1 else args.data
+    return index_images(args.model, data, args.out, overwrite=args.overwrite, all_splits=args.all_splits)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> list[dict]:
@@ -413,9 +452,14 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     )
 
 
-def cmd_encode(args: argparse.Namespace) -> dict:
-    from .encoding import encode_dataset
+def cmd_encode(args: argparse.Namespace) -> dict | None:
+    from .encoding import encode_dataset, merge_encoded_parts
+    from .training.distributed import under_torchrun
 
+    if args.merge:
+        return merge_encoded_parts(args.out, keep_parts=args.keep_parts)
+    if args.encoder is None or args.images is None or args.captions is None:
+        raise ValueError("--encoder, --images and --captions are required (except with --merge)")
     summary = encode_dataset(
         args.encoder,
         args.images,
@@ -428,7 +472,13 @@ def cmd_encode(args: argparse.Namespace) -> dict:
         precision=args.precision,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        shard=args.shard,
+        num_shards=args.num_shards,
     )
+    if isinstance(summary, dict):  # rank 0 of a torchrun encode: the merge's summary
+        return summary
+    if args.shard is None and under_torchrun():
+        return None  # the other ranks of a torchrun encode: rank 0 prints
     if summary.skipped_images:
         print(f"skipped {len(summary.skipped_images)} unreadable image(s):", file=sys.stderr)
         for reason in summary.skipped_images.values():
@@ -490,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         report = commands[args.command](args)
         # strict JSON: a NaN or infinite measure is printed as null, never as the non-JSON NaN
-        print(json.dumps(_json_safe(report), allow_nan=False))
+        if report is not None:
+            print(json.dumps(_json_safe(report), allow_nan=False))
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, FloatingPointError) as e:
         if args.verbose:
             raise

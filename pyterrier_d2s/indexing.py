@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,7 @@ __all__ = [
     "check_index",
     "check_index_images",
     "index_images",
+    "merge_index_parts",
     "open_built_index",
     "search",
 ]
@@ -35,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 def index_images(
     model: str | os.PathLike,
-    data: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
     overwrite: bool = False,
@@ -48,7 +51,12 @@ def index_images(
     ``d2s index`` prints: ``index``, ``documents``, ``images`` (``"test"`` or ``"all"``), ``terms`` (columns
     with a weight), ``mean_doc_nnz`` and ``seconds``. No engine is built here: each builds its files on first
     use (PISA's quantisation statistics are then in ``index.engine("pisa").collection().info``).
+
+    ``data`` may be several vectors directories (the parts of a sharded ``d2s encode``): each is indexed on
+    its own and the parts merged (:func:`merge_index_parts`), the index one build over all of them gives.
     """
+    if not isinstance(data, (str, os.PathLike)):
+        return _index_parts(model, list(data), out, overwrite=overwrite, all_splits=all_splits)
     from .data import load_pairs, split_for_head
     from .index import D2SIndex
     from .model import D2S
@@ -68,6 +76,53 @@ def index_images(
         "index": str(out),
         "documents": len(index),
         "images": which,
+        "terms": meta.get("num_terms"),
+        "mean_doc_nnz": meta.get("mean_doc_nnz"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _index_parts(
+    model: str | os.PathLike, parts: list, out: str | os.PathLike, *, overwrite: bool, all_splits: bool
+) -> dict:
+    """:func:`index_images` of each data part into a scratch directory beside ``out``, merged into ``out``."""
+    if not parts:
+        raise ValueError("no data to index")
+    if len(parts) == 1:
+        return index_images(model, parts[0], out, overwrite=overwrite, all_splits=all_splits)
+    started = time.perf_counter()
+    scratch = Path(out).parent / f".{Path(out).name}.parts-{uuid.uuid4().hex[:8]}"
+    try:
+        built = [scratch / f"part-{k:05d}" for k in range(len(parts))]
+        images = {
+            index_images(model, d, b, all_splits=all_splits)["images"]
+            for d, b in zip(parts, built, strict=True)
+        }
+        summary = merge_index_parts(built, out, overwrite=overwrite)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        **summary,
+        "images": "all" if images == {"all"} else "test",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def merge_index_parts(
+    parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False
+) -> dict:
+    """Merge the built indexes ``parts`` (per-shard ``d2s index`` outputs, one head) into one D2SIndex at
+    ``out``, docnos checked unique across them; the summary ``d2s index --merge`` prints."""
+    from .index import D2SIndex
+    from .index.building import merge_indexes
+
+    started = time.perf_counter()
+    index = merge_indexes([D2SIndex(p) for p in parts], D2SIndex(out), overwrite=overwrite)
+    meta = index.meta
+    return {
+        "index": str(out),
+        "documents": len(index),
+        "parts": len(parts),
         "terms": meta.get("num_terms"),
         "mean_doc_nnz": meta.get("mean_doc_nnz"),
         "seconds": round(time.perf_counter() - started, 1),

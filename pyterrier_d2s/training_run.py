@@ -161,22 +161,17 @@ def train_head(
     """
     from .data import load_pairs
     from .training import D2STrainer, TrainConfig
+    from .training.distributed import init_from_env
 
     started = time.perf_counter()
     config = config if config is not None else TrainConfig()
-    pairs = training_split(
-        load_pairs(data),
-        out,
-        split_seed=split_seed,
-        fold=fold,
-        num_folds=num_folds,
-        no_split=no_split,
-        notify=notify,
-    )
-    if restart:
-        set_aside_checkpoint(out)
-    trainer = D2STrainer(config, checkpoint_dir=out, device=device, progress=progress)
+    dist = init_from_env()  # one process, or this rank of a torchrun job
+    split = dict(split_seed=split_seed, fold=fold, num_folds=num_folds, no_split=no_split)
+    pairs = _rank_split(load_pairs(data), out, split, restart, dist, notify)
+    trainer = D2STrainer(config, checkpoint_dir=out, device=device, progress=progress, distributed=dist)
     result = trainer.fit(pairs, dense_encoder=pairs.meta.get("dense_encoder"))
+    if not dist.is_main:  # rank 0 holds the same head: it alone evaluates and writes it
+        return {"rank": dist.rank, "world_size": dist.world, "out": str(out)}
     result.head.save_pretrained(out)
     report = {
         "data": str(data),
@@ -188,11 +183,29 @@ def train_head(
         "output_tokens": result.head.output_vocab_size,
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - started, 1),
+        "world_size": dist.world,
         "out": str(out),
     }
     (result.head.config.extra or {}).update({"test": report})
     result.head.save_pretrained(out)
     return report
+
+
+def _rank_split(
+    data: PairedVectors, out: str | os.PathLike, split: dict, restart: bool, dist, notify: Notify | None
+) -> PairedVectors:
+    """:func:`training_split` of ``data`` (and ``restart``'s set-aside) on rank 0; the same split, computed
+    without writing, on the other ranks once rank 0 is done, so that no two ranks write split.json at once."""
+    if dist.is_main:
+        pairs = training_split(data, out, notify=notify, **split)
+        if restart:
+            set_aside_checkpoint(out)
+    dist.barrier()
+    if not dist.is_main:
+        pairs = _split_for_training(
+            data, split["split_seed"], split["fold"], split["num_folds"], split["no_split"], lambda _: None
+        )
+    return pairs
 
 
 def _test_numbers(head, pairs: PairedVectors, data: str | os.PathLike) -> dict:

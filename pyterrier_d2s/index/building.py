@@ -31,7 +31,7 @@ from .engines import get_engine
 from .forward import ForwardStore
 from .integrity import write_manifest
 
-__all__ = ["D2SIndexer", "EngineSpec"]
+__all__ = ["D2SIndexer", "EngineSpec", "merge_indexes"]
 
 logger = logging.getLogger(__name__)
 
@@ -371,3 +371,57 @@ D2SIndex.indexer = _indexer
 D2SIndex.index_inputs = _index_inputs
 D2SIndex.index = _index
 D2SIndex.index_matrix = _index_matrix
+
+
+def _merged_built_with(parts: Sequence[D2SIndex]) -> dict | None:
+    """The ``built_with`` the parts share (the head that encoded them); a ValueError when they differ."""
+    recorded = {json.dumps(p.meta.get("built_with"), sort_keys=True): p for p in parts}
+    if len(recorded) > 1:
+        a, b = list(recorded.values())[:2]
+        raise ValueError(f"index parts {str(a.path)!r} and {str(b.path)!r} were built with different heads")
+    return parts[0].meta.get("built_with")
+
+
+def _check_unique_docnos(parts: Sequence[D2SIndex]) -> None:
+    """A ValueError naming the first docno that two parts share, and both parts."""
+    seen: dict[str, int] = {}
+    for k, part in enumerate(parts):
+        for d in part.forward().docnos.tolist():
+            if seen.setdefault(d, k) != k:
+                raise ValueError(
+                    f"duplicate docno {d!r} across shards: in {str(parts[seen[d]].path)!r} and {str(part.path)!r}"
+                )
+
+
+def merge_indexes(
+    parts: Sequence[D2SIndex], target: D2SIndex, *, overwrite: bool = False, engines: EngineSpec = ()
+) -> D2SIndex:
+    """One index at ``target`` holding the documents of the built ``parts``, in part order: what one build
+    over all their documents gives, so that documents can be encoded and indexed per shard.
+
+    The parts' columns are united (a term's weights keep their values; parts of one head share all
+    columns). Docnos must be unique across the parts, and the parts built with one head.
+
+    Raises:
+        ValueError: no parts, an unbuilt part, a docno in two parts (named, with both parts), or parts
+            built with different heads.
+        FileExistsError: ``target`` exists (without ``overwrite``).
+    """
+    if not parts:
+        raise ValueError("no index parts to merge")
+    for part in parts:
+        if not part.built():
+            raise ValueError(f"{str(part.path)!r} is not a built D2S index")
+    _check_unique_docnos(parts)
+    built_with = _merged_built_with(parts)
+    stores = [p.forward() for p in parts]
+    terms = np.asarray(list(dict.fromkeys(t for s in stores for t in s.terms.tolist())), dtype=str)
+    column = {t: i for i, t in enumerate(terms.tolist())}
+    blocks = []
+    for store in stores:
+        remap = np.asarray([column[t] for t in store.terms.tolist()], dtype=np.int64)
+        m = store.matrix.tocoo()
+        blocks.append(sp.csr_matrix((m.data, (m.row, remap[m.col])), shape=(m.shape[0], len(terms))))
+    docnos = np.concatenate([s.docnos for s in stores])
+    indexer = D2SIndexer(target, overwrite=overwrite, engines=engines)
+    return indexer.index_matrix(docnos, sp.vstack(blocks, format="csr"), terms, built_with=built_with)

@@ -37,13 +37,19 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # settings that change how fast a run goes, not what it computes: a run may resume with other values
 RUNTIME_SETTINGS = ("amp", "cuda_graph", "eval_batch_size")
+# settings added after checkpoints were written: left out at their default, so those checkpoints resume
+_LATER_DEFAULTS = {"negatives": "global"}
 
 
 def training_settings(config: dict | None) -> dict | None:
     """``config`` (an ``asdict`` of a :class:`TrainConfig`) without the :data:`RUNTIME_SETTINGS`."""
     if config is None:
         return None
-    return {k: v for k, v in config.items() if k not in RUNTIME_SETTINGS}
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in RUNTIME_SETTINGS and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
 
 
 def data_fingerprint(train: PairedVectors, columns: np.ndarray) -> dict:

@@ -17,7 +17,7 @@ from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss
 from .recipe import RECIPES, TrainingSetShape, recipe_for
 
-__all__ = ["INITS", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
+__all__ = ["INITS", "NEGATIVES", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
 
 # options a recipe sets when the config leaves them at None
 RECIPE_KEYS = (
@@ -33,6 +33,7 @@ RECIPE_KEYS = (
 OUTPUT_VOCABS = ("all", "captions", "caption-words")
 PROJ_INITS = ("default", "pca")
 INITS = ("embeddings", "random", "text-space")
+NEGATIVES = ("global", "local")
 
 # fields that must be finite numbers when they are set
 _FINITE_FIELDS = ("eta", "lam", "tau", "lr_proj", "lr_vocab", "lr_vocab_bias", "warmup_ratio", "select_from")
@@ -93,6 +94,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     cuda_graph: bool = True  # replay the training step as a CUDA graph (CUDA only; same maths, ~3x faster)
     eval_batch_size: int = 1024
+    # under torchrun: in-batch negatives over the global batch (the one-process loss; gathers the |V|-wide
+    # outputs every step) or over each rank's own rows ("local": nothing gathered, not the one-process loss)
+    negatives: str = "global"
 
     def __post_init__(self):
         # the checks run in this order, so a config with several bad values names the same one as before
@@ -107,6 +111,7 @@ class TrainConfig:
             raise ValueError(f"select_from must be in [0, 1), not {self.select_from}")
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
         _check_choice("proj_init", self.proj_init, PROJ_INITS)
+        _check_choice("negatives", self.negatives, NEGATIVES)
         if self.init is not None:
             _check_choice("init", self.init, INITS)
             if self.init == "text-space" and self.proj_init != "default":

@@ -35,6 +35,7 @@ from .checkpoint import CHECKPOINT_NAME, TrainingState, data_fingerprint, load_c
 from .compact_head import TokenRows, TrainingHead, pca_init_
 from .config import TrainConfig
 from .cuda_graph import GraphedStep
+from .distributed import Distributed, init_from_env
 from .expansion import ExpansionControl
 from .loss import D2SLoss
 from .recipe import TrainingSetShape
@@ -95,6 +96,9 @@ class _Run:
     schedule: StepSchedule
     train_tensors: Tensors
     val_tensors: Tensors
+    dist: Distributed = field(
+        default_factory=Distributed
+    )  # this process's rank in a torchrun job (see .distributed)
     p_c: torch.Tensor = field(init=False)
     p_k: torch.Tensor = field(init=False)
     l1_factor: torch.Tensor = field(init=False)
@@ -131,8 +135,11 @@ class _Run:
     def train_step(self, rows: torch.Tensor) -> torch.Tensor:
         """Forward, backward and optimiser step on the training pairs ``rows``; the loss (0-d, on the device).
 
-        The gradients must be ``None`` on entry (see :meth:`step_runner`).
+        The gradients must be ``None`` on entry (see :meth:`step_runner`). ``rows`` is the global batch;
+        under ``torchrun`` :meth:`_distributed_step` computes this rank's share of it.
         """
+        if self.dist.active:
+            return self._distributed_step(rows)
         z_cap, z_img, cap_img = self.train_tensors
         zc, zi = z_cap[rows], z_img[cap_img[rows]]
         expansion = self.control.draw(self.token_rows.mask(rows), self.p_c, self.p_k, self.mask_generator)
@@ -145,6 +152,37 @@ class _Run:
         parts.total.backward()
         self.optimizer.step()
         return parts.total.detach()
+
+    def _distributed_step(self, rows: torch.Tensor) -> torch.Tensor:
+        """One data-parallel step: this rank's slice of the global batch ``rows`` through the head.
+
+        The expansion masks are drawn for the whole global batch from the run's mask generator (seeded alike
+        on every rank, so all ranks draw the same masks, the ones a one-process run draws) and sliced, so
+        they do not depend on N. With ``negatives="global"`` the sparse outputs are gathered with gradients
+        and every rank computes the one-process loss over the global batch (the dense vectors need not
+        travel: every rank holds them); with ``"local"`` each rank's loss uses its own rows only. The
+        gradient is then averaged over the ranks (see :mod:`.distributed` for why that is exact).
+        """
+        z_cap, z_img, cap_img = self.train_tensors
+        n, mine = len(rows), self.dist.local_slice(len(rows))
+        expansion = self.control.draw(self.token_rows.mask(rows), self.p_c, self.p_k, self.mask_generator)
+        local = rows[mine]
+        use_amp = self.cfg.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            s_cap = self.head(z_cap[local], mask=expansion[mine])
+            s_img = self.head(z_img[cap_img[local]])
+            if self.cfg.negatives == "global":
+                s_cap, s_img = self.dist.gather(s_cap, n), self.dist.gather(s_img, n)
+            else:
+                rows = local
+            parts = self.loss_fn(s_img, s_cap, z_img[cap_img[rows]], z_cap[rows], l1_factor=self.l1_factor)
+        if len(rows) < 2:  # "local" with fewer than 2 rows here (an epoch's short last batch): no signal,
+            parts.total = sum(p.sum() for p in self.head.parameters()) * 0.0  # but zero gradients to reduce
+        parts.total.backward()
+        self.dist.average_gradients(self.head.parameters())
+        self.optimizer.step()
+        loss = parts.total.detach()
+        return loss if self.cfg.negatives == "global" else self.dist.sum(loss) / self.dist.world
 
     def _eager_step(self, rows: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -220,7 +258,10 @@ class D2STrainer:
         callbacks: called as ``cb(event, info)`` after every step (``"step"``; ``info["loss"]`` is a 0-d tensor
             on the device, so a callback that does not read it costs no GPU synchronisation) and after every
             epoch (``"epoch"``; the history record: loss, p_c, r1, mrr, flops, q_nnz, d_nnz).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (rank 0 only).
+        distributed: this process's place in a ``torchrun`` job (default: :func:`init_from_env`, which
+            joins the job's process group, or is one process outside ``torchrun``). Each rank trains on its
+            slice of every global batch of ``config.batch_size`` rows; rank 0 validates and checkpoints.
     """
 
     def __init__(
@@ -232,14 +273,16 @@ class D2STrainer:
         device: str | torch.device | None = None,
         callbacks: list[Callable[[str, dict], None]] | None = None,
         progress: bool = True,
+        distributed: Distributed | None = None,
     ):
+        self.dist = distributed if distributed is not None else init_from_env()
         self.config = config or TrainConfig()
         self.vocab = vocab or Vocabulary()
         self.embeddings = embeddings
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = self.dist.device(device)
         self.callbacks = list(callbacks or [])
         self.progress = progress
 
@@ -301,12 +344,15 @@ class D2STrainer:
             initial=state.epoch,
             total=cfg.epochs,
             desc=f"D2S exp={cfg.exp} η={cfg.eta:g}",
-            disable=not self.progress,
+            disable=not (self.progress and self.dist.is_main),
             unit="epoch",
         )
         for epoch in bar:
             epoch_loss = run.train_epoch(epoch, run_step, self.callbacks)
-            record = run.epoch_record(epoch, epoch_loss)
+            # rank 0 alone validates; the others take its record, so every rank keeps the same best head
+            record = self.dist.broadcast_object(
+                run.epoch_record(epoch, epoch_loss) if self.dist.is_main else None
+            )
             state.finish_epoch(record, eligible=epoch + 1 >= eligible_from, head=run.head)
             bar.set_postfix(
                 loss=f"{record['loss']:.3f}",
@@ -315,7 +361,9 @@ class D2STrainer:
                 q_nnz=f"{record['q_nnz']:.0f}",
                 d_nnz=f"{record['d_nnz']:.0f}",
             )
-            save_checkpoint(self.checkpoint_dir, run.checkpoint(state, fingerprint))
+            if self.dist.is_main:
+                save_checkpoint(self.checkpoint_dir, run.checkpoint(state, fingerprint))
+            self.dist.barrier()  # a rank killed now resumes from this checkpoint with the others
             for cb in self.callbacks:
                 cb("epoch", record)
         bar.close()
@@ -345,7 +393,8 @@ class D2STrainer:
             if cfg.own_token_fit:
                 fit_own_tokens_(full_head, train, columns, own_train, cfg.own_token_fit, seed=cfg.seed)
         head = TrainingHead(full_head, columns).to(dev)
-        graphed = cfg.cuda_graph and GraphedStep.supported(dev)
+        # a captured step cannot hold collectives: the CUDA-graph fast path is one-process only
+        graphed = cfg.cuda_graph and GraphedStep.supported(dev) and not self.dist.active
         base_lrs = [
             cfg.lr_proj,
             cfg.lr_vocab,
@@ -371,6 +420,7 @@ class D2STrainer:
             ),
             train_tensors=_to_device(train, dev),
             val_tensors=_to_device(val, dev),
+            dist=self.dist,
         )
 
     def _resume(self, run: _Run, fingerprint: dict) -> TrainingState:
