@@ -45,9 +45,8 @@ class Preset:
         return self.caption is not None
 
     def describe(self) -> str:
-        doc = " + ".join(
-            [f"{self.caption.upper()}(captions)"] * self.uses_captions + ["MLM(image)"] * self.image
-        )
+        parts = [f"{self.caption.upper()}(captions)"] if self.caption is not None else []
+        doc = " + ".join(parts + ["MLM(image)"] * self.image)
         return f"{self.name}: {self.query.upper()}(query) / {doc}"
 
 

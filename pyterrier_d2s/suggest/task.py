@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import DataError, PairedVectors, ensure_split, load_all_captions, load_pairs, packaged_path
-from ..data import PACKAGED
+from ..data import (
+    PACKAGED,
+    DataError,
+    PairedVectors,
+    ensure_split,
+    load_all_captions,
+    load_pairs,
+    packaged_path,
+)
 from .trainer import SuggestPairs
 
 __all__ = ["SuggestTask", "build_task"]
