@@ -248,9 +248,7 @@ def test_a_vectors_dir_with_one_caption_per_image_is_refused(tmp_path):
 
 
 def test_demo_script_prints_every_system_as_json(tiny, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("image_suggestion", ROOT / "examples" / "image_suggestion.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script()
     argv = ["--demo", "--small", "--backbone", tiny, "--out", str(tmp_path), "--threads", "1"]
     assert script.main(argv) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -260,3 +258,46 @@ def test_demo_script_prints_every_system_as_json(tiny, tmp_path, capsys):
         assert 0 <= r["R@1"] <= r["R@10"] <= 1
     dense = next(r for r in rows if r["name"] == "dense")
     assert dense["R@1"] == pytest.approx(0.86, abs=1e-9)  # coco500's README: dense R@1 over the 50 test images
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("image_suggestion", ROOT / "examples" / "image_suggestion.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_frames_become_one_pair_per_relevant_document(task):
+    topics, docs, qrels = task.topics(), task.documents(), task.qrels()
+    qrels = qrels.iloc[::-1]  # order must not matter: each document keeps its own query
+    frames = _script().task_from_frames(topics.drop(columns="query_vec"), docs.drop(columns="doc_vec"), qrels)
+    assert len(frames) == 500 and (frames.split == "test").sum() == 50 and (frames.split == "val").sum() == 50
+    by_doc = dict(zip(task.image_ids, task.queries, strict=True))
+    assert all(by_doc[d] == q for d, q in zip(frames.image_ids, frames.queries, strict=True))
+
+
+def test_cli_suggest_prints_json_and_names_bad_options(tiny, tmp_path, capsys):
+    from pyterrier_d2s.cli import main
+
+    argv = ["suggest", "--backbone", tiny, "--systems", "M3", "bm25", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["name"] for r in rows] == ["M3", "bm25"]
+    assert main(["suggest", "--data", str(tmp_path / "missing")]) == 2
+    assert "no data at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["suggest", "--systems", "M7"])
+    assert "invalid choice: 'M7'" in capsys.readouterr().err
+
+
+def test_a_finetuned_backbone_trains_and_is_saved_with_the_model(tiny, tmp_path, task):
+    train = task.subset("train").training_pairs()
+    pairs = SuggestPairs(train.queries[:16], train.captions[:16])
+    model = _model("M3", tiny, frozen=False)
+    before = model.backbone.embeddings.word_embeddings.weight.detach().clone()
+    BiEncoderTrainer(BiEncoderTrainConfig(epochs=1, batch_size=8, lr_backbone=1e-2), progress=False).fit(model, pairs)
+    assert not torch.equal(before, model.backbone.embeddings.word_embeddings.weight.detach())
+    model.save_pretrained(tmp_path / "m3")
+    loaded = SuggestBiEncoder.from_pretrained(tmp_path / "m3")
+    assert loaded.config.backbone_saved
+    assert (loaded.encode_queries(TEXTS) != model.encode_queries(TEXTS)).nnz == 0
