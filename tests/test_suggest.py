@@ -301,3 +301,10 @@ def test_a_finetuned_backbone_trains_and_is_saved_with_the_model(tiny, tmp_path,
     loaded = SuggestBiEncoder.from_pretrained(tmp_path / "m3")
     assert loaded.config.backbone_saved
     assert (loaded.encode_queries(TEXTS) != model.encode_queries(TEXTS)).nnz == 0
+
+
+def test_a_missing_backbone_directory_is_named(tmp_path):
+    from pyterrier_d2s.suggest.encoders import load_backbone
+
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        load_backbone(str(tmp_path / "no-model"))

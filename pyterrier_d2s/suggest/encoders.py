@@ -66,13 +66,15 @@ def load_backbone(name_or_dir: str | os.PathLike | None = None):
     """(tokenizer, encoder model) of a Hub name or local checkpoint directory, with ``transformers``.
 
     Raises:
-        FileNotFoundError: ``name_or_dir`` looks like a path (exists nowhere and has no ``org/name`` form).
+        FileNotFoundError: ``name_or_dir`` looks like a path (starts with ``/``, ``.`` or ``~``, or has more
+            than one ``/``) and is no directory.
     """
     from transformers import AutoModel, AutoTokenizer
 
     source = backbone_source(name_or_dir)
-    if os.sep in source and not Path(source).exists() and source.count("/") != 1:
-        raise FileNotFoundError(f"backbone {source!r}: no such directory")
+    looks_like_path = source.startswith(("/", ".", "~")) or source.count("/") > 1
+    if looks_like_path and not Path(source).expanduser().is_dir():
+        raise FileNotFoundError(f"backbone {source!r}: no such directory (nor an org/name Hub id)")
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModel.from_pretrained(source)
     return tokenizer, model

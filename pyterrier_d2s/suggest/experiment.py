@@ -21,11 +21,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 from ir_measures import RR, R, nDCG
 
 from ..experiment import System, compare, dense_flex_index
 from ..index import D2SIndex
 from ..index.engines.pisa import bm25_text_retriever
+from ..vocab import Vocabulary
+from .encoders import backbone_source
 from .model import SuggestBiEncoder, SuggestConfig, text_tokens
 from .pipeline import SuggestModel
 from .presets import PRESETS, preset
@@ -69,7 +72,9 @@ def train_preset(
     ``out``/model."""
     p = preset(name)
     pairs = train.training_pairs()
-    tokens = text_tokens(pairs.queries + (pairs.captions or [])) if settings.output_vocab == "train" else None
+    texts = pairs.queries + (pairs.captions or [])
+    vocab = Vocabulary(backbone_source(settings.backbone))
+    tokens = text_tokens(texts, vocab) if settings.output_vocab == "train" else None
     config = SuggestConfig.for_preset(
         p,
         backbone=settings.backbone,
@@ -80,6 +85,7 @@ def train_preset(
         output_tokens=tokens,
     )
     started = time.perf_counter()
+    torch.manual_seed(settings.train.seed)  # the heads' initialisation: a run is repeatable, not order-dependent
     model = SuggestBiEncoder(config)
     trainer = BiEncoderTrainer(
         settings.train, checkpoint_dir=out, device=settings.device, progress=settings.progress
