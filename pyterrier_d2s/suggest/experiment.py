@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -127,7 +127,7 @@ def _baselines(task, test, settings, workdir: Path, names: Sequence[str]) -> tup
     docs = test.documents()
     if "bm25" in names:
         bm25 = bm25_text_retriever(workdir / "bm25.pisa", docs, num_results=settings.num_results)
-        systems.append(System("bm25", pt_query_only() >> bm25))
+        systems.append(System("bm25", _query_text_only() >> bm25))
         seconds["bm25"] = 0.0
     if "dense" in names:
         flex = dense_flex_index(workdir / "dense.flex", docs[["docno", "doc_vec"]].to_dict("records"))
@@ -139,7 +139,7 @@ def _baselines(task, test, settings, workdir: Path, names: Sequence[str]) -> tup
     return systems, seconds
 
 
-def pt_query_only():
+def _query_text_only():
     """Keep ``qid`` and ``query`` only (BM25 needs no vectors; PISA's frame must not carry arrays)."""
     import pyterrier as pt
 
@@ -188,8 +188,3 @@ def _records(table: pd.DataFrame, seconds: dict) -> list[dict]:
         rec["ms_per_query"] = round(float(row["ms_per_query"]), 2)
         out.append(rec)
     return out
-
-
-def with_train(settings: SuggestSettings, **train: object) -> SuggestSettings:
-    """``settings`` with its training config's ``train`` fields replaced."""
-    return replace(settings, train=replace(settings.train, **train))
