@@ -257,7 +257,8 @@ def bm25_text_retriever(path: Path, documents: pd.DataFrame, num_results: int = 
     index = PisaIndex(str(path), text_field="text", stemmer="porter2", threads=threads, overwrite=True)
     with native_output_held():
         index.indexer(mode="overwrite").index(documents[["docno", "text"]].to_dict("records"))
-    return _NativeOutputHeld(index.bm25(num_results=num_results, threads=threads))
+        retriever = index.bm25(num_results=num_results, threads=threads)  # compresses the index: PISA logs
+    return _NativeOutputHeld(retriever)
 
 
 class _NativeOutputHeld:
