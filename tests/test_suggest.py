@@ -308,3 +308,14 @@ def test_a_missing_backbone_directory_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no such directory"):
         load_backbone(str(tmp_path / "no-model"))
+
+
+def test_frames_without_vectors_run_the_text_systems(tiny, tmp_path, task):
+    from pyterrier_d2s.suggest.experiment import SuggestSettings
+
+    script = _script()
+    settings = SuggestSettings(backbone=tiny, train=BiEncoderTrainConfig(epochs=1))
+    topics, docs = task.topics().drop(columns="query_vec"), task.documents().drop(columns="doc_vec")
+    rows = script.run_on_frames(topics, docs, task.qrels(), str(tmp_path), settings)
+    assert [r["name"] for r in rows] == ["M2", "M3", "bm25"]
+    assert next(r for r in rows if r["name"] == "bm25")["R@1"] > 0.5  # captions share words with the query
