@@ -502,6 +502,49 @@ def cmd_explain(args: argparse.Namespace) -> dict:
     return {"items": items}
 
 
+def _add_suggest(sub) -> None:
+    from .suggest.experiment import SYSTEMS
+
+    p = sub.add_parser(
+        "suggest", help="image suggestion (arXiv 2402.07736): train M1-M4, compare with bm25, dense and d2s"
+    )
+    p.add_argument("--data", default="coco500", help="packaged name or vectors dir with >= 2 captions per image")
+    p.add_argument("--out", default="runs/suggest", help="working directory (models, checkpoints, indexes)")
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, metavar="NAME",
+                   help=f"of {', '.join(SYSTEMS)} (default: all)")
+    p.add_argument("--backbone", default=None, help="Hub name or dir (default: offline all-MiniLM-L6-v2)")
+    p.add_argument("--finetune", action="store_true", help="train the backbone too (default: frozen)")
+    p.add_argument("--output-vocab", choices=("train", "all"), default="train",
+                   help="tokens the expanding encoders may output (default: those of the training texts)")
+    p.add_argument("--epochs", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--lr", type=_finite_float, default=1e-3)
+    p.add_argument("--regulariser", choices=("flops", "l1"), default="flops")
+    p.add_argument("--reg-query", type=_finite_float, default=1e-3)
+    p.add_argument("--reg-doc", type=_finite_float, default=1e-3)
+    p.add_argument("--d2s-epochs", type=_positive_int, default=None, help="default: the D2S recipe's")
+    p.add_argument("--split-seed", type=int, default=0, help="seeded split of data without split labels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show training progress bars")
+
+
+def cmd_suggest(args: argparse.Namespace) -> list[dict]:
+    from .suggest.experiment import SuggestSettings, run_image_suggestion
+    from .suggest.task import build_task
+    from .suggest.trainer import BiEncoderTrainConfig
+
+    train = BiEncoderTrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, regulariser=args.regulariser,
+        reg_query=args.reg_query, reg_doc=args.reg_doc, seed=args.seed,
+    )
+    settings = SuggestSettings(
+        backbone=args.backbone, frozen=not args.finetune, output_vocab=args.output_vocab, train=train,
+        d2s_epochs=args.d2s_epochs, progress=args.progress,
+    )
+    task = build_task(args.data, seed=args.split_seed)
+    return run_image_suggestion(task, args.out, systems=args.systems, settings=settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d2s", description="Dense2Sparse multimodal learned sparse retrieval"
@@ -517,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_encode(sub)
     _add_check(sub)
+    _add_suggest(sub)
     return parser
 
 
@@ -537,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "explain": cmd_explain,
             "encode": cmd_encode,
             "check": cmd_check,
+            "suggest": cmd_suggest,
         }
         report = commands[args.command](args)
         # strict JSON: a NaN or infinite measure is printed as null, never as the non-JSON NaN

@@ -3,6 +3,7 @@ error bound (:mod:`.quantisation`), and the one module that knows pyterrier-pisa
 (:mod:`._pyterrier_pisa`)."""
 
 from . import quantisation
+from ._pyterrier_pisa import bm25_text_retriever
 from .engine import DEFAULT_ALGORITHM, DEFAULT_MAX_MASS_LOSS, PisaCollection, PisaEngine
 
-__all__ = ["DEFAULT_ALGORITHM", "DEFAULT_MAX_MASS_LOSS", "PisaCollection", "PisaEngine", "quantisation"]
+__all__ = ["bm25_text_retriever", "DEFAULT_ALGORITHM", "DEFAULT_MAX_MASS_LOSS", "PisaCollection", "PisaEngine", "quantisation"]

@@ -244,3 +244,32 @@ class Searcher:
             res["rank"].to_numpy(),
             res["score"].to_numpy(),
         )
+
+
+# ---- BM25 over text (a baseline beside the learned sparse systems) -------------------------------------------
+
+
+def bm25_text_retriever(path: Path, documents: pd.DataFrame, num_results: int = 1000, threads: int = 1):
+    """PISA's BM25 over ``documents`` (``docno``, ``text``), indexed at ``path`` (overwritten): a PyTerrier
+    transformer ``qid, query`` -> results. Porter2 stemming, no stopword list, k1 = 0.9, b = 0.4 (PISA's)."""
+    from pyterrier_pisa import PisaIndex
+
+    index = PisaIndex(str(path), text_field="text", stemmer="porter2", threads=threads, overwrite=True)
+    with native_output_held():
+        index.indexer(mode="overwrite").index(documents[["docno", "text"]].to_dict("records"))
+        retriever = index.bm25(num_results=num_results, threads=threads)  # compresses the index: PISA logs
+    return _NativeOutputHeld(retriever)
+
+
+class _NativeOutputHeld:
+    """A PyTerrier transformer running ``inner`` with PISA's native log held (its first query compresses the
+    index and logs every step to stdout, where a script's last-line JSON must stay last)."""
+
+    def __new__(cls, inner):
+        import pyterrier as pt
+
+        def run(frame: pd.DataFrame) -> pd.DataFrame:
+            with native_output_held():
+                return inner(frame)
+
+        return pt.apply.generic(run)
