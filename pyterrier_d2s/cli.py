@@ -525,6 +525,10 @@ def _add_suggest(sub) -> None:
     p.add_argument("--d2s-epochs", type=_positive_int, default=None, help="default: the D2S recipe's")
     p.add_argument("--split-seed", type=int, default=0, help="seeded split of data without split labels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--negatives", choices=("global", "local"), default="global",
+                   help="under torchrun: in-batch negatives over the global batch (the one-process loss) or per rank")
+    p.add_argument("--no-dropout", action="store_true",
+                   help="with --finetune: the backbone trains without dropout (a result independent of the ranks)")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
 
 
@@ -535,14 +539,16 @@ def cmd_suggest(args: argparse.Namespace) -> list[dict]:
 
     train = BiEncoderTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, regulariser=args.regulariser,
-        reg_query=args.reg_query, reg_doc=args.reg_doc, seed=args.seed,
+        reg_query=args.reg_query, reg_doc=args.reg_doc, seed=args.seed, negatives=args.negatives,
+        dropout=not args.no_dropout,
     )
     settings = SuggestSettings(
         backbone=args.backbone, frozen=not args.finetune, output_vocab=args.output_vocab, train=train,
         d2s_epochs=args.d2s_epochs, progress=args.progress,
     )
     task = build_task(args.data, seed=args.split_seed)
-    return run_image_suggestion(task, args.out, systems=args.systems, settings=settings)
+    rows = run_image_suggestion(task, args.out, systems=args.systems, settings=settings)
+    return rows or None  # under torchrun rank 0 alone prints (the other ranks return no records)
 
 
 def build_parser() -> argparse.ArgumentParser:

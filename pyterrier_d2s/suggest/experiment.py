@@ -9,6 +9,11 @@ images with ``pt.Experiment`` (through :func:`pyterrier_d2s.experiment.compare`)
 * ``dense``: the query caption's dense vector against the image vectors (pyterrier-dr, exact);
 * ``d2s``: the D2S head (c+w expansion control) trained on the same training images' vector caption/image
   pairs: the query caption's vector -> expanded query, the image vector -> document (image only).
+
+Under ``torchrun`` every rank trains (the presets' bi-encoders and the ``d2s`` head are data-parallel, see
+:mod:`.trainer`); rank 0 alone saves the models, builds the indexes and evaluates, and the other ranks
+return no records. The presets are all trained before any index is built, so the other ranks never wait in
+a collective while rank 0 indexes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ir_measures import RR, R, nDCG
 from ..experiment import System, compare, dense_flex_index
 from ..index import D2SIndex
 from ..index.engines.pisa import bm25_text_retriever
+from ..training.distributed import init_from_env
 from ..vocab import Vocabulary
 from .encoders import backbone_source
 from .model import SuggestBiEncoder, SuggestConfig, text_tokens
@@ -69,7 +75,7 @@ def train_preset(
     name: str, train: SuggestTask, settings: SuggestSettings, out: str | os.PathLike | None = None
 ) -> tuple[SuggestModel, float]:
     """(the trained preset ``name``, training seconds); with ``out``, checkpointed there and saved to
-    ``out``/model."""
+    ``out``/model (by rank 0 alone under ``torchrun``)."""
     p = preset(name)
     pairs = train.training_pairs()
     texts = pairs.queries + (pairs.captions or [])
@@ -92,7 +98,7 @@ def train_preset(
     )
     trainer.fit(model, pairs)
     seconds = time.perf_counter() - started
-    if out is not None:
+    if out is not None and trainer.dist.is_main:
         model.save_pretrained(Path(out) / "model")
     return SuggestModel(model.cpu()), seconds
 
@@ -105,7 +111,9 @@ def _sparse_system(name: str, model: SuggestModel, test: SuggestTask, path: Path
     return System(name, query >> index.retriever(num_results=k), query, index)
 
 
-def _d2s_system(task: SuggestTask, test: SuggestTask, settings: SuggestSettings, path: Path) -> tuple[System, float]:
+def _d2s_system(
+    task: SuggestTask, test: SuggestTask, settings: SuggestSettings, path: Path
+) -> tuple[System | None, float]:
     from ..model import D2S
     from ..training import D2STrainer, TrainConfig
 
@@ -113,8 +121,11 @@ def _d2s_system(task: SuggestTask, test: SuggestTask, settings: SuggestSettings,
         raise ValueError("the d2s baseline needs the task's paired vectors (build the task with build_task)")
     started = time.perf_counter()
     config = TrainConfig(exp="c+w", epochs=settings.d2s_epochs)
-    result = D2STrainer(config, device=settings.device, progress=settings.progress).fit(task.pairs_data)
+    trainer = D2STrainer(config, device=settings.device, progress=settings.progress)
+    result = trainer.fit(task.pairs_data)
     seconds = time.perf_counter() - started
+    if not trainer.dist.is_main:  # another rank of a torchrun job: it trained its share, rank 0 indexes
+        return None, seconds
     model = D2S(result.head.cpu())
     index = D2SIndex(path, verbose=False)
     model.image_indexer(index, overwrite=True).index(test.documents()[["docno", "doc_vec"]].to_dict("records"))
@@ -125,6 +136,8 @@ def _d2s_system(task: SuggestTask, test: SuggestTask, settings: SuggestSettings,
 def _baselines(task, test, settings, workdir: Path, names: Sequence[str]) -> tuple[list[System], dict]:
     systems, seconds = [], {}
     docs = test.documents()
+    if not init_from_env().is_main:  # under torchrun only the d2s head trains on every rank
+        names = [n for n in names if n == "d2s"]
     if "bm25" in names:
         bm25 = bm25_text_retriever(workdir / "bm25.pisa", docs, num_results=settings.num_results)
         systems.append(System("bm25", _query_text_only() >> bm25))
@@ -135,7 +148,7 @@ def _baselines(task, test, settings, workdir: Path, names: Sequence[str]) -> tup
         seconds["dense"] = 0.0
     if "d2s" in names:
         system, seconds["d2s"] = _d2s_system(task, test, settings, workdir / "d2s.index")
-        systems.append(system)
+        systems += [system] if system is not None else []
     return systems, seconds
 
 
@@ -155,7 +168,8 @@ def run_image_suggestion(
     """Train, index and evaluate ``systems`` (names of :data:`SYSTEMS`) on ``task``'s test images.
 
     Returns one record per system: ``name``, nDCG@10, RR@10, R@1, R@10, ``flops``, ``q_nnz``, ``d_nnz`` (None
-    for systems without sparse vectors), ``train_seconds``, ``ms_per_query``.
+    for systems without sparse vectors), ``train_seconds``, ``ms_per_query``; none on the other
+    ranks of a ``torchrun`` job.
     """
     settings = settings or SuggestSettings()
     unknown = [s for s in systems if s not in SYSTEMS]
@@ -166,12 +180,16 @@ def run_image_suggestion(
     train, test = task.subset(TRAIN_SPLITS), task.subset("test")
     if len(train) < 2 or len(test) == 0:
         raise ValueError(f"{task.name}: {len(train)} training and {len(test)} test images; need >= 2 and >= 1")
-    built, seconds = [], {}
+    trained, seconds = {}, {}
     for name in [s for s in systems if s in PRESETS]:
-        model, seconds[name] = train_preset(name, train, settings, workdir / name)
-        built.append(_sparse_system(name, model, test, workdir / name / "index", settings.num_results))
+        trained[name], seconds[name] = train_preset(name, train, settings, workdir / name)
+    main = init_from_env().is_main
+    k = settings.num_results
+    built = [_sparse_system(n, m, test, workdir / n / "index", k) for n, m in trained.items()] if main else []
     baselines, more = _baselines(task, test, settings, workdir, systems)
     seconds.update(more)
+    if not main:
+        return []
     table = compare(built + baselines, test.topics(), test.qrels(), measures=MEASURES)
     return _records(table, seconds)
 
