@@ -159,6 +159,16 @@ def _query_text_only():
     return pt.apply.generic(lambda df: df[["qid", "query"]])
 
 
+def _train_presets(
+    train: SuggestTask, settings: SuggestSettings, workdir: Path, systems: Sequence[str]
+) -> tuple[dict[str, SuggestModel], dict[str, float]]:
+    """Every preset of ``systems`` trained (on every rank under ``torchrun``), and its training seconds."""
+    trained, seconds = {}, {}
+    for name in [s for s in systems if s in PRESETS]:
+        trained[name], seconds[name] = train_preset(name, train, settings, workdir / name)
+    return trained, seconds
+
+
 def run_image_suggestion(
     task: SuggestTask,
     workdir: str | os.PathLike,
@@ -180,9 +190,7 @@ def run_image_suggestion(
     train, test = task.subset(TRAIN_SPLITS), task.subset("test")
     if len(train) < 2 or len(test) == 0:
         raise ValueError(f"{task.name}: {len(train)} training and {len(test)} test images; need >= 2 and >= 1")
-    trained, seconds = {}, {}
-    for name in [s for s in systems if s in PRESETS]:
-        trained[name], seconds[name] = train_preset(name, train, settings, workdir / name)
+    trained, seconds = _train_presets(train, settings, workdir, systems)
     main = init_from_env().is_main
     k = settings.num_results
     built = [_sparse_system(n, m, test, workdir / n / "index", k) for n, m in trained.items()] if main else []
