@@ -319,3 +319,32 @@ def test_frames_without_vectors_run_the_text_systems(tiny, tmp_path, task):
     rows = script.run_on_frames(topics, docs, task.qrels(), str(tmp_path), settings)
     assert [r["name"] for r in rows] == ["M2", "M3", "bm25"]
     assert next(r for r in rows if r["name"] == "bm25")["R@1"] > 0.5  # captions share words with the query
+
+
+def test_checkpoints_from_before_the_distributed_settings_still_resume():
+    from dataclasses import asdict
+
+    from pyterrier_d2s.suggest.trainer import _settings
+
+    new = asdict(BiEncoderTrainConfig())
+    old = {k: v for k, v in new.items() if k not in ("negatives", "dropout")}  # written before they existed
+    assert _settings(old) == _settings(new)
+    assert _settings({**new, "negatives": "local"}) != _settings(new)
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        BiEncoderTrainConfig(negatives="both")
+
+
+def test_a_finetuned_backbone_without_dropout_draws_nothing_from_the_global_generator(tiny, task):
+    """``dropout=False``: the run does not depend on torch's global generator, the one per-rank source of
+    randomness under torchrun, so a fine-tuned run is the same on any number of ranks."""
+    train = task.subset("train").training_pairs()
+    pairs = SuggestPairs(train.queries[:16], train.captions[:16])
+    states = []
+    for seed, dropout in [(1, False), (2, False), (2, True)]:
+        model = _model("M3", tiny, frozen=False)
+        torch.manual_seed(seed)  # what differs between ranks
+        cfg = BiEncoderTrainConfig(epochs=1, batch_size=8, lr_backbone=1e-2, dropout=dropout)
+        BiEncoderTrainer(cfg, progress=False).fit(model, pairs)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])  # dropout on: it does draw
