@@ -7,8 +7,10 @@ same engine; the table is on held-out test images.
     python examples/image_suggestion.py --demo                  # coco500, CPU, a few minutes (frozen backbone)
     python examples/image_suggestion.py --demo --small          # a smoke test: 1 epoch, tiny D2S run
     python examples/image_suggestion.py --data vectors/my-set   # any vectors dir with >= 2 captions per image
-    python examples/image_suggestion.py --atomic --backbone distilbert-base-uncased --finetune --epochs 5
-        # the paper's setting on AToMiC's validation set (GPU + internet; the reader is pyterrier_d2s.data.atomic)
+    python examples/image_suggestion.py --atomic --atomic-dir ATOMIC --clip openai/clip-vit-base-patch32 \
+        --backbone distilbert-base-uncased --finetune --epochs 5
+        # the paper's setting: trained on AToMiC's train pairs, evaluated on its validation topics against the
+        # judged images + 10,000 unjudged ones (GPU + internet; the reader is pyterrier_d2s.data.atomic)
 
 The last line printed is a JSON list, one object per system: ``name`` (M1, M2, M3, M4, bm25, dense, d2s),
 ``nDCG@10``, ``RR@10``, ``R@1``, ``R@10``, ``flops``, ``train_seconds`` (and q_nnz, d_nnz, ms_per_query).
@@ -44,13 +46,21 @@ def settings_from(args: argparse.Namespace):
     )
 
 
-def task_from_frames(queries: pd.DataFrame, documents: pd.DataFrame, qrels: pd.DataFrame, seed: int = 0):
+def task_from_frames(
+    queries: pd.DataFrame,
+    documents: pd.DataFrame,
+    qrels: pd.DataFrame,
+    seed: int = 0,
+    test_share: float = 0.1,
+    val_share: float = 0.1,
+):
     """A :class:`SuggestTask` from frames: ``queries`` (qid, query, optional query_vec), ``documents``
     (docno, text, optional doc_vec) and ``qrels`` (qid, docno, label > 0 relevant).
 
-    One (query, document) pair per relevant document (its first relevant query), split 80/10/10 by document
-    with ``seed``. Without ``doc_vec`` only the text presets (M2, M3) and BM25 apply; without ``query_vec``
-    the dense and d2s baselines do not. This is where an AToMiC reader's frames come in.
+    One (query, document) pair per relevant document (its first relevant query), split by document with
+    ``seed`` into ``test_share`` test, ``val_share`` validation and the rest training (at least one test
+    document when ``test_share > 0``). Without ``doc_vec`` only the text presets (M2, M3) and BM25 apply;
+    without ``query_vec`` the dense baseline does not.
     """
     from pyterrier_d2s.suggest.task import SuggestTask
 
@@ -61,8 +71,10 @@ def task_from_frames(queries: pd.DataFrame, documents: pd.DataFrame, qrels: pd.D
     rng = np.random.default_rng(seed)
     split = np.array(["train"] * n, dtype=object)
     order = rng.permutation(n)
-    split[order[: max(1, n // 10)]] = "test"
-    split[order[max(1, n // 10) : 2 * max(1, n // 10)]] = "val"
+    n_test = max(1, round(n * test_share)) if test_share > 0 else 0
+    n_val = round(n * val_share)
+    split[order[:n_test]] = "test"
+    split[order[n_test : n_test + n_val]] = "val"
     dim = len(d["doc_vec"].iloc[0]) if "doc_vec" in d else 1
     vectors = np.stack(d["doc_vec"].to_numpy()) if "doc_vec" in d else np.zeros((n, dim), np.float32)
     qvec = np.stack(q["query_vec"].to_numpy()) if "query_vec" in q else np.zeros((n, dim), np.float32)
@@ -72,32 +84,66 @@ def task_from_frames(queries: pd.DataFrame, documents: pd.DataFrame, qrels: pd.D
     )
 
 
+def _systems_for(documents: pd.DataFrame, queries: pd.DataFrame) -> list[str]:
+    """The systems frames allow: image presets and dense only with vectors (d2s needs a vectors directory)."""
+    if "doc_vec" not in documents:
+        return ["M2", "M3", "bm25"]
+    return ["M1", "M2", "M3", "M4", "bm25"] + (["dense"] if "query_vec" in queries else [])
+
+
 def run_on_frames(queries, documents, qrels, workdir: str, settings, seed: int = 0) -> list[dict]:
-    """Train and evaluate on frames (see :func:`task_from_frames`); AToMiC's published CLIP row beside."""
+    """Train and evaluate on frames split 80/10/10 by relevant document (see :func:`task_from_frames`)."""
     from pyterrier_d2s.suggest.experiment import run_image_suggestion
 
-    has_images = "doc_vec" in documents
-    systems = ["M1", "M2", "M3", "M4", "bm25"] if has_images else ["M2", "M3", "bm25"]
-    if has_images and "query_vec" in queries:
-        systems.append("dense")
     task = task_from_frames(queries, documents, qrels, seed)
-    return run_image_suggestion(task, workdir, systems=systems, settings=settings)
+    return run_image_suggestion(task, workdir, systems=_systems_for(documents, queries), settings=settings)
 
 
-def run_atomic(args: argparse.Namespace) -> list[dict]:
-    """AToMiC's validation set through the AToMiC reader (``pyterrier_d2s.data.atomic``, merged separately).
+def atomic_frames(directory, split: str, negatives: int, encoder=None, max_pairs: int | None = None, seed: int = 0):
+    """(queries, documents, qrels) of AToMiC's ``split``: its judged images plus ``negatives`` unjudged ones;
+    ``max_pairs``: a seeded sample of that many relevant pairs (and their queries and images) first, so that
+    only their images are read; ``encoder`` (a dense encoder, e.g. CLIP): ``doc_vec`` of each image's bytes
+    and ``query_vec`` of each query's text (images that cannot be decoded are left out, logged)."""
+    from pyterrier_d2s.data.atomic import load_atomic_split, read_image_bytes
 
-    Not run here (no GPU, no internet). The frames carry caption text only (``image`` bytes with
-    ``with_images``): M1, M4 and ``dense`` need a ``doc_vec`` column from a CLIP encoder first, so without it
-    only M2, M3 and BM25 run. The pairs are split 80/10/10 within the validation judgements; training on
-    AToMiC's own train split, as the paper does, is still to be wired.
+    part = load_atomic_split(directory, split, judged_only=True, negatives=negatives, seed=seed)
+    queries, docs, qrels = part.queries[["qid", "query"]], part.documents[["docno", "text"]], part.qrels
+    if max_pairs is not None and (qrels["label"] > 0).sum() > max_pairs:
+        qrels = qrels[qrels["label"] > 0].sample(n=max_pairs, random_state=seed)
+        docs, queries = docs[docs["docno"].isin(qrels["docno"])], queries[queries["qid"].isin(qrels["qid"])]
+    if encoder is not None:
+        images = read_image_bytes(directory, docs["docno"].tolist())
+        docs = docs[docs["docno"].isin(images)]
+        found = encoder.encode_images_with_ids(
+            [images[d] for d in docs["docno"]], ids=docs["docno"].tolist(), on_error="skip"
+        )
+        docs = docs.set_index("docno").loc[found.ids].reset_index()
+        docs["doc_vec"] = list(found.vectors)
+        queries = queries.assign(query_vec=list(encoder.encode_text(queries["query"].tolist())))
+    return queries.reset_index(drop=True), docs.reset_index(drop=True), qrels.reset_index(drop=True)
+
+
+def run_atomic(args: argparse.Namespace, encoder=None) -> list[dict]:
+    """AToMiC: train on (a seeded sample of) its train split's judged pairs, evaluate on its validation
+    topics against the validation judged images plus ``--negatives`` unjudged ones, with its qrels.
+
+    ``--clip NAME`` (or ``encoder``) encodes the images and queries for M1, M4 and the dense baseline (AToMiC's
+    own baseline is CLIP ViT-B/32 text -> image); without it only M2, M3 and BM25 run. The d2s baseline needs
+    a vectors directory (``d2s encode``) and is not part of this path.
     """
-    try:
-        from pyterrier_d2s.data.atomic import load_atomic_split
-    except ImportError as e:
-        raise SystemExit(f"--atomic: the AToMiC reader (pyterrier_d2s.data.atomic) is not available: {e}") from e
-    split = load_atomic_split(args.atomic_dir, "validation", judged_only=True, negatives=args.negatives)
-    return run_on_frames(split.queries, split.documents, split.qrels, args.out, settings_from(args), args.seed)
+    from pyterrier_d2s.suggest.experiment import run_image_suggestion
+    from pyterrier_d2s.suggest.task import EvaluationSet
+
+    if encoder is None and args.clip:
+        from pyterrier_d2s.encoders import load_encoder
+
+        encoder = load_encoder(args.clip)
+    train = atomic_frames(args.atomic_dir, "train", 0, encoder, args.train_pairs, args.seed)
+    task = task_from_frames(*train, seed=args.seed, test_share=0.0, val_share=0.0)
+    topics, docs, qrels = atomic_frames(args.atomic_dir, "validation", args.negatives, encoder, seed=args.seed)
+    evaluation = EvaluationSet(topics, docs, qrels)
+    systems = [s for s in (args.systems or _systems_for(docs, topics)) if s != "d2s"]
+    return run_image_suggestion(task, args.out, systems=systems, settings=settings_from(args), evaluation=evaluation)
 
 
 def run_local(args: argparse.Namespace) -> list[dict]:
@@ -125,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--atomic", action="store_true", help="AToMiC validation (GPU + internet)")
     ap.add_argument("--atomic-dir", default=None, help="local AToMiC copy (default: $D2S_ATOMIC_DIR)")
     ap.add_argument("--negatives", type=int, default=10000, help="--atomic: random unjudged images beside")
+    ap.add_argument("--train-pairs", type=int, default=100_000, help="--atomic: a seeded sample of train pairs")
+    ap.add_argument("--clip", default=None, help="--atomic: dense encoder for images and queries, e.g. "
+                    "openai/clip-vit-base-patch32 (M1, M4, dense)")
     ap.add_argument("--out", default="runs/image-suggestion")
     ap.add_argument("--systems", nargs="+", default=None, help="subset of M1 M2 M3 M4 bm25 dense d2s")
     ap.add_argument("--backbone", default=None, help="Hub name or dir (default: offline all-MiniLM-L6-v2)")

@@ -6,6 +6,7 @@ to a temporary directory and loaded back with ``from_pretrained`` as a user's ch
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -32,7 +33,11 @@ def _tiny(tmp: Path, mlm: bool) -> str:
 
     torch.manual_seed(0)
     cfg = BertConfig(
-        vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
         max_position_embeddings=128,
     )
     model = BertForMaskedLM(cfg) if mlm else BertModel(cfg)
@@ -215,7 +220,9 @@ def test_each_preset_trains_one_epoch_and_its_documents_are_searchable(tiny, tmp
     pairs = SuggestPairs(train.queries[:32], train.captions[:32], train.image_vectors[:32])
     model = _model(name, tiny, output_tokens=text_tokens(pairs.queries + pairs.captions))
     before = {k: v.clone() for k, v in model.head_state().items()}
-    history = BiEncoderTrainer(BiEncoderTrainConfig(epochs=1, batch_size=16), progress=False).fit(model, pairs)
+    history = BiEncoderTrainer(BiEncoderTrainConfig(epochs=1, batch_size=16), progress=False).fit(
+        model, pairs
+    )
     assert len(history.history) == 1 and np.isfinite(history.history[0]["loss"])
     assert any(not torch.equal(before[k], v) for k, v in model.head_state().items())
     suggest = SuggestModel(model)
@@ -257,11 +264,15 @@ def test_demo_script_prints_every_system_as_json(tiny, tmp_path, capsys):
         assert {"nDCG@10", "RR@10", "R@1", "R@10", "flops", "train_seconds"} <= set(r)
         assert 0 <= r["R@1"] <= r["R@10"] <= 1
     dense = next(r for r in rows if r["name"] == "dense")
-    assert dense["R@1"] == pytest.approx(0.86, abs=1e-9)  # coco500's README: dense R@1 over the 50 test images
+    assert dense["R@1"] == pytest.approx(
+        0.86, abs=1e-9
+    )  # coco500's README: dense R@1 over the 50 test images
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("image_suggestion", ROOT / "examples" / "image_suggestion.py")
+    spec = importlib.util.spec_from_file_location(
+        "image_suggestion", ROOT / "examples" / "image_suggestion.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -295,7 +306,9 @@ def test_a_finetuned_backbone_trains_and_is_saved_with_the_model(tiny, tmp_path,
     pairs = SuggestPairs(train.queries[:16], train.captions[:16])
     model = _model("M3", tiny, frozen=False)
     before = model.backbone.embeddings.word_embeddings.weight.detach().clone()
-    BiEncoderTrainer(BiEncoderTrainConfig(epochs=1, batch_size=8, lr_backbone=1e-2), progress=False).fit(model, pairs)
+    BiEncoderTrainer(BiEncoderTrainConfig(epochs=1, batch_size=8, lr_backbone=1e-2), progress=False).fit(
+        model, pairs
+    )
     assert not torch.equal(before, model.backbone.embeddings.word_embeddings.weight.detach())
     model.save_pretrained(tmp_path / "m3")
     loaded = SuggestBiEncoder.from_pretrained(tmp_path / "m3")
@@ -319,6 +332,73 @@ def test_frames_without_vectors_run_the_text_systems(tiny, tmp_path, task):
     rows = script.run_on_frames(topics, docs, task.qrels(), str(tmp_path), settings)
     assert [r["name"] for r in rows] == ["M2", "M3", "bm25"]
     assert next(r for r in rows if r["name"] == "bm25")["R@1"] > 0.5  # captions share words with the query
+
+
+class _HashEncoder:
+    """A stand-in dense encoder: a fixed random unit vector per distinct input (bytes or text)."""
+
+    dim = 8
+
+    def _vec(self, key) -> np.ndarray:
+        seed = int.from_bytes(
+            hashlib.sha256(key if isinstance(key, bytes) else key.encode()).digest()[:4], "little"
+        )
+        v = np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def encode_images_with_ids(self, images, ids, on_error="raise"):
+        from pyterrier_d2s.encoders.base import ImageVectors
+
+        return ImageVectors(list(ids), np.stack([self._vec(b) for b in images]))
+
+    def encode_text(self, texts):
+        return np.stack([self._vec(t) for t in texts])
+
+
+def test_atomic_path_trains_on_train_pairs_and_evaluates_validation_with_negatives(tiny, tmp_path):
+    import argparse
+
+    from test_atomic import _write_copy
+
+    from pyterrier_d2s.data.atomic import read_image_bytes
+
+    root = _write_copy(tmp_path / "atomic")
+    script, encoder = _script(), _HashEncoder()
+    topics, docs, qrels = script.atomic_frames(root, "validation", 2, encoder, seed=0)
+    assert sorted(docs["docno"]) == ["img-001", "img-002", "img-003", "img-004"]  # 2 judged + 2 unjudged
+    images = read_image_bytes(root, list(docs["docno"]))
+    for docno, vec in zip(docs["docno"], docs["doc_vec"], strict=True):
+        np.testing.assert_array_equal(vec, encoder._vec(images[docno]))
+    for query, vec in zip(topics["query"], topics["query_vec"], strict=True):
+        np.testing.assert_array_equal(vec, encoder._vec(query))
+    args = argparse.Namespace(
+        atomic_dir=root,
+        train_pairs=None,
+        negatives=2,
+        seed=0,
+        systems=None,
+        clip=None,
+        small=True,
+        epochs=1,
+        batch_size=8,
+        backbone=tiny,
+        finetune=False,
+        d2s_epochs=None,
+        progress=False,
+        out=str(tmp_path / "run"),
+    )
+    rows = {r["name"]: r for r in script.run_atomic(args, encoder=encoder)}
+    assert list(rows) == ["M1", "M2", "M3", "M4", "bm25", "dense"]
+    assert rows["bm25"]["R@1"] == 1.0  # "coffee" and "cat" each match only their own image's captions
+    # dense R@1 by brute force over the four images, judged queries only
+    judged = topics[topics["qid"].isin(qrels["qid"])]
+    d = np.stack(docs["doc_vec"].to_numpy())
+    relevant = dict(zip(qrels["qid"], qrels["docno"], strict=True))
+    hits = [
+        docs["docno"][int(np.argmax(d @ v))] == relevant[q]
+        for q, v in zip(judged["qid"], judged["query_vec"], strict=True)
+    ]
+    assert rows["dense"]["R@1"] == pytest.approx(np.mean(hits))
 
 
 def test_checkpoints_from_before_the_distributed_settings_still_resume():

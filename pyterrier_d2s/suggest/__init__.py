@@ -22,6 +22,7 @@ _NAMES = {
     "BiEncoderTrainer": "trainer",
     "BiEncoderTrainConfig": "trainer",
     "SuggestPairs": "trainer",
+    "EvaluationSet": "task",
     "SuggestTask": "task",
     "build_task": "task",
     "SuggestModel": "pipeline",

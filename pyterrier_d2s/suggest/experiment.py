@@ -38,7 +38,7 @@ from .encoders import backbone_source
 from .model import SuggestBiEncoder, SuggestConfig, text_tokens
 from .pipeline import SuggestModel
 from .presets import PRESETS, preset
-from .task import SuggestTask
+from .task import EvaluationSet, SuggestTask
 from .trainer import BiEncoderTrainConfig, BiEncoderTrainer
 
 __all__ = ["MEASURES", "SYSTEMS", "SuggestSettings", "run_image_suggestion", "train_preset"]
@@ -91,7 +91,9 @@ def train_preset(
         output_tokens=tokens,
     )
     started = time.perf_counter()
-    torch.manual_seed(settings.train.seed)  # the heads' initialisation: a run is repeatable, not order-dependent
+    torch.manual_seed(
+        settings.train.seed
+    )  # the heads' initialisation: a run is repeatable, not order-dependent
     model = SuggestBiEncoder(config)
     trainer = BiEncoderTrainer(
         settings.train, checkpoint_dir=out, device=settings.device, progress=settings.progress
@@ -103,8 +105,8 @@ def train_preset(
     return SuggestModel(model.cpu()), seconds
 
 
-def _sparse_system(name: str, model: SuggestModel, test: SuggestTask, path: Path, k: int) -> System:
-    docs = model.doc_encoder()(test.documents())
+def _sparse_system(name: str, model: SuggestModel, documents: pd.DataFrame, path: Path, k: int) -> System:
+    docs = model.doc_encoder()(documents)
     index = D2SIndex(path, verbose=False)
     index.indexer(overwrite=True).index(docs[["docno", "toks"]].to_dict("records"))
     query = model.query_encoder()
@@ -112,7 +114,7 @@ def _sparse_system(name: str, model: SuggestModel, test: SuggestTask, path: Path
 
 
 def _d2s_system(
-    task: SuggestTask, test: SuggestTask, settings: SuggestSettings, path: Path
+    task: SuggestTask, documents: pd.DataFrame, settings: SuggestSettings, path: Path
 ) -> tuple[System | None, float]:
     from ..model import D2S
     from ..training import D2STrainer, TrainConfig
@@ -128,14 +130,15 @@ def _d2s_system(
         return None, seconds
     model = D2S(result.head.cpu())
     index = D2SIndex(path, verbose=False)
-    model.image_indexer(index, overwrite=True).index(test.documents()[["docno", "doc_vec"]].to_dict("records"))
+    model.image_indexer(index, overwrite=True).index(documents[["docno", "doc_vec"]].to_dict("records"))
     query = model.query_encoder()
     return System("d2s", query >> index.retriever(num_results=settings.num_results), query, index), seconds
 
 
-def _baselines(task, test, settings, workdir: Path, names: Sequence[str]) -> tuple[list[System], dict]:
+def _baselines(
+    task, docs: pd.DataFrame, settings, workdir: Path, names: Sequence[str]
+) -> tuple[list[System], dict]:
     systems, seconds = [], {}
-    docs = test.documents()
     if not init_from_env().is_main:  # under torchrun only the d2s head trains on every rank
         names = [n for n in names if n == "d2s"]
     if "bm25" in names:
@@ -147,7 +150,7 @@ def _baselines(task, test, settings, workdir: Path, names: Sequence[str]) -> tup
         systems.append(System("dense", flex.np_retriever(num_results=settings.num_results)))
         seconds["dense"] = 0.0
     if "d2s" in names:
-        system, seconds["d2s"] = _d2s_system(task, test, settings, workdir / "d2s.index")
+        system, seconds["d2s"] = _d2s_system(task, docs, settings, workdir / "d2s.index")
         systems += [system] if system is not None else []
     return systems, seconds
 
@@ -174,8 +177,11 @@ def run_image_suggestion(
     workdir: str | os.PathLike,
     systems: Sequence[str] = SYSTEMS,
     settings: SuggestSettings | None = None,
+    evaluation: EvaluationSet | None = None,
 ) -> list[dict]:
-    """Train, index and evaluate ``systems`` (names of :data:`SYSTEMS`) on ``task``'s test images.
+    """Train ``systems`` (names of :data:`SYSTEMS`) on ``task``'s training images, index and evaluate them on
+    ``evaluation`` (default: ``task``'s test images, one relevant image per query; AToMiC: its validation
+    topics, judged images plus unjudged ones, and its qrels).
 
     Returns one record per system: ``name``, nDCG@10, RR@10, R@1, R@10, ``flops``, ``q_nnz``, ``d_nnz`` (None
     for systems without sparse vectors), ``train_seconds``, ``ms_per_query``; none on the other
@@ -187,18 +193,21 @@ def run_image_suggestion(
         raise ValueError(f"unknown system {unknown[0]!r}; systems: {', '.join(SYSTEMS)}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    train, test = task.subset(TRAIN_SPLITS), task.subset("test")
-    if len(train) < 2 or len(test) == 0:
-        raise ValueError(f"{task.name}: {len(train)} training and {len(test)} test images; need >= 2 and >= 1")
+    train = task.subset(TRAIN_SPLITS)
+    evaluation = evaluation or task.subset("test").evaluation_set()
+    if len(train) < 2 or len(evaluation.topics) == 0:
+        raise ValueError(
+            f"{task.name}: {len(train)} training images and {len(evaluation.topics)} test queries; need >= 2 and >= 1"
+        )
     trained, seconds = _train_presets(train, settings, workdir, systems)
     main = init_from_env().is_main
-    k = settings.num_results
-    built = [_sparse_system(n, m, test, workdir / n / "index", k) for n, m in trained.items()] if main else []
-    baselines, more = _baselines(task, test, settings, workdir, systems)
+    docs, k = evaluation.documents, settings.num_results
+    built = [_sparse_system(n, m, docs, workdir / n / "index", k) for n, m in trained.items()] if main else []
+    baselines, more = _baselines(task, docs, settings, workdir, systems)
     seconds.update(more)
     if not main:
         return []
-    table = compare(built + baselines, test.topics(), test.qrels(), measures=MEASURES)
+    table = compare(built + baselines, evaluation.topics, evaluation.qrels, measures=MEASURES)
     return _records(table, seconds)
 
 

@@ -30,13 +30,24 @@ from ..data import (
 )
 from .trainer import SuggestPairs
 
-__all__ = ["SuggestTask", "build_task"]
+__all__ = ["EvaluationSet", "SuggestTask", "build_task"]
 
 ALL_CAPTIONS_FILE = "captions_all.jsonl"
 
 
 def _collapse(text: str) -> str:
     return " ".join(text.split())
+
+
+@dataclass
+class EvaluationSet:
+    """What systems are evaluated on: ``topics`` (qid, query, optional query_vec), ``documents`` (docno, text,
+    optional doc_vec) and ``qrels`` (qid, docno, label). Unlike a :class:`SuggestTask`'s test images, a query
+    may have several relevant documents and the collection may hold documents no query judges (AToMiC)."""
+
+    topics: pd.DataFrame
+    documents: pd.DataFrame
+    qrels: pd.DataFrame
 
 
 @dataclass
@@ -79,7 +90,9 @@ class SuggestTask:
 
     def topics(self) -> pd.DataFrame:
         """``qid`` (the image id), ``query``, ``query_vec``."""
-        return pd.DataFrame({"qid": self.image_ids, "query": self.queries, "query_vec": list(self.query_vectors)})
+        return pd.DataFrame(
+            {"qid": self.image_ids, "query": self.queries, "query_vec": list(self.query_vectors)}
+        )
 
     def documents(self) -> pd.DataFrame:
         """``docno`` (the image id), ``text`` (its captions), ``doc_vec``."""
@@ -90,6 +103,10 @@ class SuggestTask:
     def qrels(self) -> pd.DataFrame:
         """Each query's one relevant document: its own image."""
         return pd.DataFrame({"qid": self.image_ids, "docno": self.image_ids, "label": 1})
+
+    def evaluation_set(self) -> EvaluationSet:
+        """These images as an :class:`EvaluationSet` (one query and one relevant document per image)."""
+        return EvaluationSet(self.topics(), self.documents(), self.qrels())
 
 
 def _all_captions(name_or_path: str | os.PathLike, data: PairedVectors) -> dict[str, list[str]]:
