@@ -15,6 +15,14 @@ would) training on one global batch of ``--batch-size``; ``samples_per_second`` 
 samples, and ``bytes_per_step`` is what rank 0 hands to collectives per step (the gathered |V|-wide sparse
 outputs, the gather's backward and the gradient all-reduce). Prints one JSON object as its last line (with
 ``--nproc``: one per N, under ``"runs"``).
+
+``--trainer suggest`` times the image-suggestion bi-encoder (``--preset``, default M4, on the frozen offline
+all-MiniLM-L6-v2) instead, on ``--images`` synthetic pairs (a query and a caption of 12 random vocabulary
+words, a ``--dim``-d image vector); the token states are computed once before the timed steps, as the
+trainer does for a frozen backbone. With ``--nproc``, ``bytes_per_step`` is both towers' gathered |V|-wide
+outputs (forward and backward) and the heads' gradient all-reduce:
+
+    python benchmarks/train_speed.py --trainer suggest --images 2000 --batch-size 256 --nproc 1 2
 """
 
 from __future__ import annotations
@@ -68,11 +76,13 @@ def main() -> None:
         help="time the steps with each of these numbers of ranks",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    ap.add_argument("--trainer", choices=("d2s", "suggest"), default="d2s")
+    ap.add_argument("--preset", default="M4", help="with --trainer suggest: M1..M4")
     args = ap.parse_args()
     if args.nproc:
         print(json.dumps({"benchmark": "train_speed", "runs": [_ranks(args, n) for n in args.nproc]}))
         return
-    print(json.dumps(_run(args)))
+    print(json.dumps(_run_suggest(args) if args.trainer == "suggest" else _run(args)))
 
 
 def _free_port() -> int:
@@ -101,7 +111,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
     )
     if torch.cuda.is_available() and args.device is None:
         args.device = f"cuda:{rank}"  # one GPU per rank
-    result = _run(args)
+    result = _run_suggest(args) if args.trainer == "suggest" else _run(args)
     if rank == 0:
         Path(out).write_text(json.dumps(result))
 
@@ -193,6 +203,65 @@ def _run(args: argparse.Namespace) -> dict:
             projected_200_epochs_hours=round(200 * n_train / sps / 3600, 2),
         )
     return result
+
+
+def _suggest_pairs(n: int, dim: int):
+    """``n`` synthetic query / caption / image-vector pairs over whole vocabulary words (seeded)."""
+    from pyterrier_d2s.suggest.trainer import SuggestPairs
+
+    vocab = Vocabulary()
+    words = [t for t, sp in zip(vocab.tokens, vocab.special_mask, strict=True) if not sp and t.isalpha()]
+    rng = np.random.default_rng(0)
+
+    def texts() -> list[str]:
+        return [" ".join(rng.choice(words, size=12)) for _ in range(n)]
+
+    return SuggestPairs(texts(), texts(), rng.normal(size=(n, dim)).astype(np.float32))
+
+
+def _run_suggest(args: argparse.Namespace) -> dict:
+    """The steps timing of :class:`BiEncoderTrainer` (``--trainer suggest``); rank 0's under ``--nproc``."""
+    from pyterrier_d2s.suggest.model import SuggestBiEncoder, SuggestConfig
+    from pyterrier_d2s.suggest.trainer import BiEncoderTrainConfig, BiEncoderTrainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs = _suggest_pairs(args.images, args.dim)
+    torch.manual_seed(0)  # every rank builds the same model
+    model = SuggestBiEncoder(SuggestConfig.for_preset(args.preset, image_dim=args.dim, max_length=32))
+    stamps: list[float] = []
+    sent: list[int] = []
+
+    def clock(event: str, info: dict) -> None:
+        if event == "step":
+            stamps.append(time.perf_counter())
+            sent.append(trainer.dist.bytes_sent)
+            if len(stamps) > args.warmup_steps + args.steps:
+                raise _Stop
+
+    config = BiEncoderTrainConfig(epochs=args.epochs, batch_size=args.batch_size)
+    trainer = BiEncoderTrainer(config, device=args.device, callbacks=[clock], progress=False)
+    t = time.perf_counter()
+    try:
+        trainer.fit(model, pairs)
+    except _Stop:
+        pass
+    timed = np.diff(stamps[args.warmup_steps :])
+    step_s = float(np.median(timed))
+    return {
+        "benchmark": "train_speed",
+        "trainer": "suggest",
+        "preset": args.preset,
+        "threads": torch.get_num_threads(),
+        "pairs": args.images,
+        "batch_size": args.batch_size,
+        "world_size": trainer.dist.world,
+        "bytes_per_step": int(np.median(np.diff(sent[args.warmup_steps :]))),
+        "timed_steps": len(timed),
+        "setup_seconds": round(stamps[0] - t, 1),
+        "step_seconds_median": round(step_s, 4),
+        "samples_per_second": round(args.batch_size / step_s, 1),
+    }
 
 
 if __name__ == "__main__":
