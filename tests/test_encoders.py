@@ -567,3 +567,14 @@ def test_a_d2s_model_encodes_raw_texts_and_images_through_its_encoder(blip, phot
     )
     images = model.encode_images(images=_paths(photos))
     assert images.shape == (3, len(vocab)) and images.nnz > 0
+
+
+def test_precomputed_encoder_takes_the_options_load_encoder_passes_every_backend():
+    from pyterrier_d2s.data import load_pairs
+    from pyterrier_d2s.encoders import load_encoder
+
+    pairs = load_pairs("coco500")
+    enc = load_encoder("precomputed:coco500", batch_size=8, device="cpu", precision="fp32")
+    got = enc.encode_text(pairs.caption_texts[:3])
+    expected = pairs.caption_vectors[:3] / np.linalg.norm(pairs.caption_vectors[:3], axis=1, keepdims=True)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -24,7 +24,16 @@ class PrecomputedEncoder(DenseEncoder):
     present in ``images.jsonl``. Anything else raises ``KeyError`` naming it.
     """
 
-    def __init__(self, name_or_dir: str | os.PathLike, progress: bool = False):
+    def __init__(
+        self,
+        name_or_dir: str | os.PathLike,
+        progress: bool = False,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+    ):
+        # batch_size, device and precision are accepted because load_encoder (d2s encode) passes them to every
+        # backend; a lookup has no batches, model or device, so they change nothing
         super().__init__(batch_size=1 << 30, device="cpu", precision="fp32", progress=progress)
         from ..data import load_pairs
 
