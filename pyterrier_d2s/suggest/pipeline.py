@@ -19,23 +19,12 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 import pyterrier_alpha as pta
-import scipy.sparse as sp
 import torch
 
+from ..query_encoder import csr_to_toks  # the model's CSR holds positive entries only (dense_to_csr)
 from .model import SuggestBiEncoder
 
-__all__ = ["SuggestDocEncoder", "SuggestModel", "SuggestQueryEncoder", "csr_to_toks"]
-
-
-def csr_to_toks(matrix: sp.csr_matrix, tokens: list[str]) -> list[dict[str, float]]:
-    """Each row of ``matrix`` as ``{token: weight}`` over its positive entries."""
-    out = []
-    for i in range(matrix.shape[0]):
-        lo, hi = matrix.indptr[i], matrix.indptr[i + 1]
-        out.append(
-            {tokens[j]: float(w) for j, w in zip(matrix.indices[lo:hi], matrix.data[lo:hi], strict=True) if w > 0}
-        )
-    return out
+__all__ = ["SuggestDocEncoder", "SuggestModel", "SuggestQueryEncoder"]
 
 
 class SuggestModel:

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from ..training.checkpoint import CHECKPOINT_NAME, comparable_settings, save_checkpoint
+from ..training.config import NEGATIVES
 from ..training.distributed import Distributed, init_from_env
 from ..training.loss import REGULARISERS, flops_norm, l1_norm
 from ..training.schedule import l1_warmup_factor
@@ -53,7 +54,6 @@ from .model import SuggestBiEncoder
 
 __all__ = ["NEGATIVES", "BiEncoderTrainConfig", "BiEncoderTrainer", "SuggestPairs", "info_nce"]
 
-NEGATIVES = ("global", "local")
 # settings added after checkpoints were written: left out of the comparison at their default, so those resume
 _LATER_DEFAULTS = {"negatives": "global", "dropout": True}
 
@@ -341,8 +341,5 @@ def _encode(model: SuggestBiEncoder, data: _Data, rows: torch.Tensor) -> tuple[t
 
 
 def _settings(config: dict | None) -> dict | None:
-    """A training config without the :data:`_LATER_DEFAULTS` at their default, so that checkpoints written
-    before those settings existed still resume."""
-    if config is None:
-        return None
-    return {k: v for k, v in config.items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+    """A training config as checkpoints compare it (the :data:`_LATER_DEFAULTS` at their default left out)."""
+    return comparable_settings(config, later_defaults=_LATER_DEFAULTS)

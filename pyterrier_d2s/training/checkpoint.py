@@ -41,15 +41,21 @@ RUNTIME_SETTINGS = ("amp", "cuda_graph", "eval_batch_size")
 _LATER_DEFAULTS = {"negatives": "global"}
 
 
-def training_settings(config: dict | None) -> dict | None:
-    """``config`` (an ``asdict`` of a :class:`TrainConfig`) without the :data:`RUNTIME_SETTINGS`."""
+def comparable_settings(
+    config: dict | None, runtime: tuple[str, ...] = (), later_defaults: dict | None = None
+) -> dict | None:
+    """``config`` (a training config as a dict) as checkpoints compare it: without the ``runtime`` keys, and
+    without each ``later_defaults`` key while it holds that default (a setting added after checkpoints were
+    written, so that those checkpoints still resume)."""
     if config is None:
         return None
-    return {
-        k: v
-        for k, v in config.items()
-        if k not in RUNTIME_SETTINGS and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
-    }
+    later = later_defaults or {}
+    return {k: v for k, v in config.items() if k not in runtime and not (k in later and v == later[k])}
+
+
+def training_settings(config: dict | None) -> dict | None:
+    """``config`` (an ``asdict`` of a :class:`TrainConfig`) without the :data:`RUNTIME_SETTINGS`."""
+    return comparable_settings(config, RUNTIME_SETTINGS, _LATER_DEFAULTS)
 
 
 def data_fingerprint(train: PairedVectors, columns: np.ndarray) -> dict:
