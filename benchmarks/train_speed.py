@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ import torch
 
 from pyterrier_d2s.data.synthetic import coco_shaped_pairs
 from pyterrier_d2s.training import D2STrainer, TrainConfig
+from pyterrier_d2s.training.distributed import free_port, set_local_environment
 from pyterrier_d2s.vocab import Vocabulary
 
 
@@ -85,30 +84,18 @@ def main() -> None:
     print(json.dumps(_run_suggest(args) if args.trainer == "suggest" else _run(args)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(args: argparse.Namespace, nproc: int) -> dict:
     """The steps timing with ``nproc`` spawned ranks; rank 0's result."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rank0.json"
-        mp.spawn(_rank, args=(nproc, _free_port(), args, str(out)), nprocs=nproc)
+        mp.spawn(_rank, args=(nproc, free_port(), args, str(out)), nprocs=nproc)
         return {"nproc": nproc, **json.loads(out.read_text())}
 
 
 def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_environment(rank, world, port)
     if torch.cuda.is_available() and args.device is None:
         args.device = f"cuda:{rank}"  # one GPU per rank
     result = _run_suggest(args) if args.trainer == "suggest" else _run(args)

@@ -13,19 +13,13 @@ from pyterrier_d2s.data.synthetic import random_pairs
 from pyterrier_d2s.suggest.model import SuggestBiEncoder, SuggestConfig
 from pyterrier_d2s.suggest.trainer import BiEncoderTrainConfig, BiEncoderTrainer, SuggestPairs
 from pyterrier_d2s.training import D2STrainer, TrainConfig
-from pyterrier_d2s.training.distributed import init_from_env
+from pyterrier_d2s.training.distributed import init_from_env, set_local_environment
 from pyterrier_d2s.vocab import Vocabulary
 
 
 def join(rank: int, world: int, port: int) -> None:
     """Set the environment torchrun would set, and join the group."""
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_environment(rank, world, port)
     torch.set_num_threads(1)
     init_from_env(backend="gloo", timeout_s=60)
 

@@ -23,7 +23,6 @@ at lr 1e-3). Hence SUGGEST_ATOL = 1e-4 (3.7x the measured maximum) with at most 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from pyterrier_d2s.index import D2SIndex
 from pyterrier_d2s.index.building import merge_indexes
 from pyterrier_d2s.training import D2STrainer, TrainConfig
 from pyterrier_d2s.training.checkpoint import CHECKPOINT_NAME
-from pyterrier_d2s.training.distributed import Distributed, chunk_sizes
+from pyterrier_d2s.training.distributed import Distributed, chunk_sizes, free_port
 
 # a global batch of 15 does not split evenly over 2 ranks (8 + 7): the padded gather is exercised too
 CONFIG = dict(exp="c+w", eta=1e-3, epochs=3, batch_size=15, hidden_dim=16, init="random", seed=7)
@@ -55,12 +54,6 @@ SUGGEST = dict(trainer="suggest", preset="M4", epochs=2, batch_size=15, lr=1e-2,
                reg_warmup_ratio=0.0)
 SUGGEST_ATOL = 1e-4
 SUGGEST_LOOSE = 50  # entries allowed beyond ATOL (1e-6): measured 11
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -212,7 +212,7 @@ class BiEncoderTrainer:
             return self.loss_of(self.dist.gather(q, n), self.dist.gather(d, n), reg_factor)
         if len(local) < 2:
             # zero gradients for every trainable parameter, so the all-reduce gets the other ranks' layout
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            zero = self.dist.zero_loss(p for p in model.parameters() if p.requires_grad)
             return {"total": zero, "ce": zero, "reg": zero}
         return self.loss_of(q, d, reg_factor)
 

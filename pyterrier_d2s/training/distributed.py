@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,12 +35,40 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["SINGLE", "Distributed", "chunk_sizes", "init_from_env", "under_torchrun"]
+__all__ = [
+    "SINGLE",
+    "Distributed",
+    "chunk_sizes",
+    "free_port",
+    "init_from_env",
+    "set_local_environment",
+    "under_torchrun",
+]
 
 
 def under_torchrun() -> bool:
     """Whether this process was started by ``torchrun`` (or anything else that sets ``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for the rendezvous of processes spawned without ``torchrun``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def set_local_environment(rank: int, world: int, port: int) -> None:
+    """Set the variables ``torchrun`` sets for ``rank`` of a ``world``-process job on this machine, so that a
+    process spawned otherwise (``torch.multiprocessing.spawn`` in benchmarks and tests) joins with
+    :func:`init_from_env` as a ``torchrun`` rank would."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
 
 
 def chunk_sizes(n: int, world: int) -> list[int]:
@@ -67,7 +96,13 @@ class Distributed:
         return self.world > 1
 
     def device(self, asked: str | torch.device | None) -> torch.device:
-        """The device this rank trains on: ``cuda:LOCAL_RANK`` under a multi-process CUDA run."""
+        """The device this rank trains on: ``cuda:LOCAL_RANK`` under a multi-process CUDA run.
+
+        Raises:
+            ValueError: CUDA asked for where this torch has no CUDA device.
+        """
+        if asked is not None and str(asked).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {asked!r} asked for, but this torch has no CUDA device")
         dev = torch.device(asked or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.active and dev.type == "cuda" and dev.index is None:
             return torch.device("cuda", self.local_rank)
@@ -111,6 +146,13 @@ class Distributed:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    @staticmethod
+    def zero_loss(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+        """A loss of 0 whose backward gives every parameter a zero gradient: what a rank with no rows to learn
+        from (fewer than 2 of an epoch's short last batch, per-rank negatives) backpropagates, so that its
+        gradient all-reduce still holds every parameter, as the other ranks' does."""
+        return sum(p.sum() for p in params) * 0.0
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the ranks (a copy; ``value`` itself is left alone)."""

@@ -223,13 +223,15 @@ def fit_own_tokens_(
     pos_weight = torch.tensor((y_all.shape[0] * y_all.shape[1] - positives) / positives)
     optimizer = torch.optim.Adam([weight, bias], lr=lr)
     generator = np.random.default_rng(seed)
+    sampled = len(x_all) > batch_size
+    if not sampled:  # one full batch: its inputs and targets are the same every step
+        batch_hidden, target = hidden, torch.from_numpy(y_all.toarray())
     losses = []
     for _ in range(steps):
-        rows = np.arange(len(x_all))
-        if len(rows) > batch_size:
-            rows = np.sort(generator.choice(rows, batch_size, replace=False))
-        target = torch.from_numpy(y_all[rows].toarray())
-        logits = hidden[torch.from_numpy(rows)] @ weight.T + bias
+        if sampled:
+            rows = np.sort(generator.choice(len(x_all), batch_size, replace=False))
+            batch_hidden, target = hidden[torch.from_numpy(rows)], torch.from_numpy(y_all[rows].toarray())
+        logits = batch_hidden @ weight.T + bias
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
         optimizer.zero_grad()
         loss.backward()

@@ -176,8 +176,8 @@ class _Run:
             else:
                 rows = local
             parts = self.loss_fn(s_img, s_cap, z_img[cap_img[rows]], z_cap[rows], l1_factor=self.l1_factor)
-        if len(rows) < 2:  # "local" with fewer than 2 rows here (an epoch's short last batch): no signal,
-            parts.total = sum(p.sum() for p in self.head.parameters()) * 0.0  # but zero gradients to reduce
+        if len(rows) < 2:  # "local" with fewer than 2 rows here (an epoch's short last batch): no signal
+            parts.total = self.dist.zero_loss(self.head.parameters())
         parts.total.backward()
         self.dist.average_gradients(self.head.parameters())
         self.optimizer.step()
@@ -280,8 +280,6 @@ class D2STrainer:
         self.vocab = vocab or Vocabulary()
         self.embeddings = embeddings
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
         self.device = self.dist.device(device)
         self.callbacks = list(callbacks or [])
         self.progress = progress
