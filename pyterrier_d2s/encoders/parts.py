@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.pairs import DataError
+from ..data.vectors_dir import read_jsonl
 from .base import DenseEncoder
 from .cache import FINAL_FILES, EncodeSummary, _write_atomic, _write_jsonl, encode_vectors_dir
 from .inputs import ImageItem
@@ -137,12 +138,12 @@ def merge_parts(out: str | os.PathLike, keep_parts: bool = False) -> dict:
     meta = _merged_meta(out, [p for p, _ in parts])
     images = np.concatenate([np.load(p / "image_vectors.npy") for p, _ in parts])
     _write_atomic(out / "image_vectors.npy", lambda f: np.save(f, images))
-    _write_jsonl(out / "images.jsonl", [row for p, _ in parts for row in _read_jsonl(p / "images.jsonl")])
+    _write_jsonl(out / "images.jsonl", [row for p, _ in parts for row in read_jsonl(p / "images.jsonl")])
     # captions back in input order: by the positions each part recorded
     positions = [np.asarray(r["caption_positions"], dtype=np.int64) for _, r in parts]
     order = np.argsort(np.concatenate(positions), kind="stable")
     captions = np.concatenate([np.load(p / "caption_vectors.npy") for p, _ in parts])[order]
-    caption_rows = [row for p, _ in parts for row in _read_jsonl(p / "captions.jsonl")]
+    caption_rows = [row for p, _ in parts for row in read_jsonl(p / "captions.jsonl")]
     _write_atomic(out / "caption_vectors.npy", lambda f: np.save(f, captions))
     _write_jsonl(out / "captions.jsonl", [caption_rows[k] for k in order])
     _write_atomic(out / "encoder.json", lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
@@ -166,7 +167,3 @@ def _merged_meta(out: Path, parts: list[Path]) -> dict:
         raise DataError(f"{out}: the parts were encoded with different encoders: {sorted(encoders)}")
     skipped = {k: v for m in metas for k, v in m["skipped_images"].items()}
     return {"dense_encoder": metas[0]["dense_encoder"], "dim": metas[0]["dim"], "skipped_images": skipped}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
