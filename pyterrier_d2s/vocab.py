@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -23,6 +24,21 @@ __all__ = ["Vocabulary", "default_tokenizer_dir"]
 # Tokens that are structural, not words: they can never be in a caption and PISA lower-cases query terms,
 # so upper-case ones ([CLS], [SEP], ...) could never match anyway.
 _SPECIAL_RE = re.compile(r"^\[(PAD|UNK|CLS|SEP|MASK|unused\d+)\]$")
+
+
+@contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """Loads inside it show no transformers progress bar (transformers 5 draws one per checkpoint, over its
+    tensors; for the small packaged backbone it is noise, and it breaks the CLI's one-line errors)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def default_tokenizer_dir() -> str:
@@ -94,7 +110,13 @@ class Vocabulary:
         out: list[np.ndarray] = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            enc = self.tokenizer(chunk, add_special_tokens=False, truncation=False)["input_ids"]
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            if backend is not None and backend.truncation is None and backend.padding is None:
+                # the fast tokenizer's own batch call: the same ids without transformers' per-call Python
+                # layer (most of the time for one short caption)
+                enc = [e.ids for e in backend.encode_batch(chunk, add_special_tokens=False)]
+            else:
+                enc = self.tokenizer(chunk, add_special_tokens=False, truncation=False)["input_ids"]
             for ids in enc:
                 ids = np.unique(np.asarray(ids, dtype=np.int64))
                 out.append(ids[~special[ids]] if len(ids) else ids)

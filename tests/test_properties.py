@@ -149,7 +149,10 @@ def test_result_frames_equal_brute_force(small_index, queries, k, engine):
         got = res[res["qid"] == f"q{i}"].sort_values("rank")
         assert got["rank"].tolist() == list(range(len(got)))
         positive = np.flatnonzero(scores > 0)
-        assert len(got) == min(k, len(positive))  # documents sharing no term are not returned
+        # documents sharing no term are not returned; a score below float32's smallest normal number (a
+        # 1e-38 query weight) may count as 0 (the taat engine's floor), the exact engine keeps it
+        normal = np.flatnonzero(scores >= np.finfo(np.float32).tiny)
+        assert min(k, len(normal)) <= len(got) <= min(k, len(positive))
         np.testing.assert_allclose(
             got["score"].to_numpy(), np.sort(scores[positive])[::-1][: len(got)], rtol=1e-5
         )

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..vocab import default_tokenizer_dir
+from ..vocab import default_tokenizer_dir, quiet_model_loading
 
 __all__ = [
     "POOLINGS",
@@ -75,8 +75,9 @@ def load_backbone(name_or_dir: str | os.PathLike | None = None):
     looks_like_path = source.startswith(("/", ".", "~")) or source.count("/") > 1
     if looks_like_path and not Path(source).expanduser().is_dir():
         raise FileNotFoundError(f"backbone {source!r}: no such directory (nor an org/name Hub id)")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source)
+    with quiet_model_loading():
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)
     return tokenizer, model
 
 

@@ -37,7 +37,7 @@ import torch
 
 from ..data.pairs import PairedVectors
 from ..head import D2SHead
-from ..vocab import Vocabulary, default_tokenizer_dir
+from ..vocab import Vocabulary, default_tokenizer_dir, quiet_model_loading
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         source = str(name_or_dir or default_tokenizer_dir())
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModel.from_pretrained(source).to(device).eval()
+        with quiet_model_loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModel.from_pretrained(source).to(device).eval()
         self.device = torch.device(device)
         self.max_length = max_length
 
