@@ -154,15 +154,17 @@ def systems(hc: HeadCollection, k: int) -> list[tuple[str, bool, object]]:
     model, index, flex = hc.model, hc.index, hc.flex
     expanded = model.query_encoder(expansion=True) >> index.retriever(num_results=k)
     restricted = model.query_encoder(expansion=True, index=index) >> index.retriever(num_results=k)
-    # compiled as PyTerrier does for pt.Experiment: "% k" becomes the re-scorer's own cut-off
+    # compiled as PyTerrier does for pt.Experiment: encoder >> retriever (>> re-scorer) become one stage and
+    # "% k" the re-scorer's own cut-off
     rescored = (
         (model.query_encoder(expansion=False) >> index.retriever(num_results=100) >> model.rescorer(index))
         % k
     ).compile()
     return [
         ("d2s expanded, float32 encoding (before)", True, _FullProjection(expanded)),
-        ("d2s expanded, int8-screened encoding", True, expanded),
-        ("d2s expanded, int8-screened, index columns", True, restricted),
+        ("d2s expanded, int8-screened encoding, two stages", True, expanded),
+        ("d2s expanded, int8-screened encoding, compiled", True, expanded.compile()),
+        ("d2s expanded, int8-screened, index columns, compiled", True, restricted.compile()),
         ("d2s no expansion >> rescore expanded (100 candidates)", False, rescored),
         ("dense exact (pyterrier-dr FlexIndex np_retriever)", None, flex.np_retriever(num_results=k)),
         (

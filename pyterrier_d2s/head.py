@@ -205,6 +205,20 @@ class D2SHead(nn.Module):
                 :data:`SCREEN_MAX_ROWS` rows on CPU; ``False``: the float32 projection only. Not with
                 ``own_token_ids`` (which computes a few tokens per row anyway).
         """
+        if (
+            screen is not False
+            and own_token_ids is None
+            and not torch.is_tensor(z)
+            and not self.training
+            and self.vocab_proj.weight.device.type == "cpu"
+            and self.vocab_proj.weight.dtype == torch.float32
+        ):
+            z_np = np.asarray(z, dtype=np.float32)
+            if z_np.ndim == 2 and z_np.shape[1] == self.config.input_dim and self._screens(
+                screen, len(z_np), None, torch.device("cpu")
+            ):
+                # one query at a time: numpy end to end, no torch dispatch (cheaper than the screen itself)
+                return self._encode_screened_np(z_np, top_k, threshold, columns)
         z_t = self._dense_input(z)
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
@@ -296,12 +310,15 @@ class D2SHead(nn.Module):
         self, screen: bool | None, n_rows: int, own_token_ids: list[np.ndarray] | None, device: torch.device
     ) -> bool:
         """Whether :meth:`encode` screens in int8 (``screen=None``: small batches of expanded rows on CPU)."""
+        float32 = self.vocab_proj.weight.dtype == torch.float32  # the screen's kernel computes in float32
         if screen is None:
-            return own_token_ids is None and n_rows <= SCREEN_MAX_ROWS and device.type == "cpu"
+            return own_token_ids is None and n_rows <= SCREEN_MAX_ROWS and device.type == "cpu" and float32
         if screen and own_token_ids is not None:
             raise ValueError("screen=True needs expanded rows (no own_token_ids)")
         if screen and device.type != "cpu":
             raise ValueError(f"screen=True runs on CPU, the head is on {device}")
+        if screen and not float32:
+            raise ValueError(f"screen=True needs a float32 head, this one is {self.vocab_proj.weight.dtype}")
         return bool(screen)
 
     def int8_screen(self, columns: np.ndarray | None = None) -> Int8Screen:
@@ -330,28 +347,48 @@ class D2SHead(nn.Module):
     ) -> Callable[[int, torch.Tensor], sp.csr_matrix]:
         """The batch function of :meth:`encode` with int8 screening: per row, the candidate outputs of the
         screen are computed exactly (float32) from their rows of the vocabulary layer."""
-        screen = self.int8_screen(columns)
-        weight, bias = self.vocab_proj.weight.detach(), self.vocab_proj.bias.detach()
-        limit = float(np.expm1(max(threshold, 0.0)))  # log1p(relu(x)) > threshold  <=>  x > expm1(threshold)
 
         def screened(start: int, z_batch: torch.Tensor) -> sp.csr_matrix:
-            hidden = self.norm(self.proj(z_batch))
-            indptr, indices, data = [0], [], []
-            for h in hidden:
-                cand = screen.candidates(h.numpy(), limit)
-                idx = torch.from_numpy(cand)
-                weights = torch.relu(torch.mv(weight[idx], h) + bias[idx]).log1p_().numpy()
-                keep = weights > max(threshold, 0.0)
-                indices.append(cand[keep].astype(np.int32))
-                data.append(weights[keep])
-                indptr.append(indptr[-1] + int(keep.sum()))
-            out = sp.csr_matrix(
-                (np.concatenate(data), np.concatenate(indices), np.array(indptr, dtype=np.int64)),
-                shape=(len(z_batch), self.config.vocab_size),
-            )
-            return out if top_k is None else _top_k_rows(out, top_k)
+            return self._encode_screened_np(z_batch.detach().float().numpy(), top_k, threshold, columns)
 
         return screened
+
+    def hidden_np(self, z: np.ndarray) -> np.ndarray:
+        """``LN(W1 z + b1)`` of float32 rows ``z`` in numpy (the torch trunk's values up to float32 rounding)."""
+        x = z @ self.proj.weight.detach().numpy().T + self.proj.bias.detach().numpy()
+        centred = x - x.mean(axis=1, keepdims=True)
+        inv = 1.0 / np.sqrt((centred * centred).mean(axis=1, keepdims=True) + np.float32(self.norm.eps))
+        gain, shift = self.norm.weight.detach().numpy(), self.norm.bias.detach().numpy()
+        return (centred * inv.astype(np.float32)) * gain + shift
+
+    def _encode_screened_np(
+        self, z: np.ndarray, top_k: int | None, threshold: float, columns: np.ndarray | None
+    ) -> sp.csr_matrix:
+        """:meth:`encode` of a few rows on CPU with the int8 screen, in numpy (same outputs, no torch calls)."""
+        if columns is None:
+            columns = self._restricted_columns()
+        if columns is not None:
+            columns = self._checked_columns(columns)
+        # one screen of every allowed row; a projection onto columns visits only theirs (a screen per column
+        # set would quantise the layer again for each set, e.g. each query's candidate documents' terms)
+        screen = self.int8_screen()
+        weight = self.vocab_proj.weight.detach().numpy()  # views of the CPU tensors, no copy
+        bias = self.vocab_proj.bias.detach().numpy()
+        indptr, indices, data = [0], [], []
+        for h in self.hidden_np(z):
+            ids, weights = screen.project(h, weight, bias, threshold, columns)
+            indices.append(ids)
+            data.append(weights)
+            indptr.append(indptr[-1] + len(ids))
+        out = sp.csr_matrix(
+            (
+                np.concatenate(data) if data else np.zeros(0, np.float32),
+                np.concatenate(indices) if indices else np.zeros(0, np.int32),
+                np.array(indptr, dtype=np.int64),
+            ),
+            shape=(len(z), self.config.vocab_size),
+        )
+        return out if top_k is None else _top_k_rows(out, top_k)
 
     def _restricted_columns(self) -> np.ndarray | None:
         """The allowed output ids when they are under half the vocabulary (else None: project onto all)."""
@@ -388,6 +425,21 @@ class D2SHead(nn.Module):
         """Weights of each row's own tokens only: one dot product per (row, own token) instead of the full
         |V|-wide projection (a caption has ~10 tokens of 30,522), which makes unexpanded queries cheap."""
         row_of = np.repeat(np.arange(own.shape[0]), np.diff(own.indptr))
+        if z.device.type == "cpu" and z.dtype == self.vocab_proj.weight.dtype == torch.float32:
+            # numpy on CPU: for a caption's ~10 tokens the torch calls cost more than the arithmetic
+            ids = own.indices.astype(np.int64)
+            w, b = self.vocab_proj.weight.detach().numpy(), self.vocab_proj.bias.detach().numpy()
+            hidden = self.hidden_np(z.detach().numpy())
+            logits = np.einsum("ij,ij->i", hidden[row_of], w[ids]) + b[ids]
+            keep_ids = (self.special_keep[ids] * self.output_mask[ids]).numpy()
+            weights = np.log1p(np.maximum(logits, 0)) * keep_ids
+            keep = weights > threshold
+            counts = np.bincount(row_of[keep], minlength=own.shape[0])
+            out = sp.csr_matrix(
+                (weights[keep].astype(np.float32), own.indices[keep], np.r_[0, np.cumsum(counts)]),
+                shape=own.shape,
+            )
+            return out if top_k is None else _top_k_rows(out, top_k)
         rows = torch.from_numpy(row_of).to(z.device)
         cols = torch.from_numpy(own.indices.astype(np.int64)).to(z.device)
         hidden = self.norm(self.proj(z))

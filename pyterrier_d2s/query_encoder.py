@@ -14,12 +14,26 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 import scipy.sparse as sp
 
+from .frames import column_arrays, frame_from_arrays, object_array
+from .index.engines import QueryBatch
+from .index.results import hits_frame, query_result_columns
+from .index.retrievers import D2SRetriever
+
 if TYPE_CHECKING:  # pragma: no cover
     from .index import D2SIndex
     from .model import D2S
     from .vocab import Vocabulary
 
-__all__ = ["D2SQueryEncoder", "csr_to_toks", "index_columns", "query_vector_matrix", "query_vectors"]
+__all__ = [
+    "D2SQueryEncoder",
+    "EncodedRetriever",
+    "column_vocab_ids",
+    "csr_to_toks",
+    "index_columns",
+    "query_batch",
+    "query_vector_matrix",
+    "query_vectors",
+]
 
 
 def index_columns(vocab: Vocabulary, index: D2SIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +52,37 @@ def index_columns(vocab: Vocabulary, index: D2SIndex) -> tuple[np.ndarray, np.nd
         return cols, in_docs
 
     return index.cached(("vocab_columns", vocab), build)
+
+
+def column_vocab_ids(vocab: Vocabulary, index: D2SIndex) -> np.ndarray:
+    """The vocabulary id of each forward-store column of ``index`` (-1 for a term not in ``vocab``), cached
+    with :func:`index_columns`."""
+
+    def build() -> np.ndarray:
+        cols = index_columns(vocab, index)[0]
+        out = np.full(len(index.forward().terms), -1, dtype=np.int64)
+        known = np.flatnonzero(cols >= 0)
+        out[cols[known]] = known
+        return out
+
+    return index.cached(("column_vocab_ids", vocab), build)
+
+
+def query_batch(m: sp.csr_matrix, col_of: np.ndarray) -> QueryBatch:
+    """Vocabulary-id CSR rows as a batch over an index's forward-store columns (``col_of``: the column of each
+    vocabulary id, -1 if the index lacks it): what ``QueryBatch.from_toks`` makes of their ``{token: weight}``
+    dicts, without the dicts."""
+    terms = col_of[m.indices]
+    keep = (terms >= 0) & (m.data > 0)
+    n = m.shape[0]
+    row_of = np.repeat(np.arange(n), np.diff(m.indptr))[keep]
+    terms, weights = terms[keep], m.data[keep]
+    order = np.lexsort((terms, row_of))  # columns ascending within a row, as engines expect
+    return QueryBatch(
+        np.r_[0, np.cumsum(np.bincount(row_of, minlength=n))].astype(np.int64),
+        terms[order].astype(np.int32),
+        weights[order].astype(np.float32),
+    )
 
 
 def csr_to_toks(m: sp.csr_matrix, tokens: list[str]) -> list[dict[str, float]]:
@@ -120,25 +165,92 @@ class D2SQueryEncoder(pt.Transformer):
 
     def encode(self, inp: pd.DataFrame) -> list[dict[str, float]]:
         """The ``query_toks`` of each row of a frame with ``query`` (+ ``query_vec``)."""
-        texts = [str(q) for q in inp["query"]]
-        csr = self.model.encode_texts(
+        return csr_to_toks(self.encode_columns(column_arrays(inp)), self.model.vocab.tokens)
+
+    def encode_columns(self, columns: dict) -> sp.csr_matrix:
+        """The sparse queries (CSR over the vocabulary) of a frame's :func:`~pyterrier_d2s.frames.column_arrays`."""
+        texts = [str(q) for q in columns["query"]]
+        vectors = None
+        if "query_vec" in columns:
+            vectors = query_vector_matrix(columns["qid"], columns["query_vec"])
+        return self.model.encode_texts(
             texts,
-            query_vectors(inp),
+            vectors,
             expansion=self.expansion,
             top_k=self.top_k,
             min_weight=self.min_weight,
             columns=self._index_columns(),
         )
-        return csr_to_toks(csr, self.model.vocab.tokens)
 
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        """``inp`` with a ``query_toks`` column (ValueError on a duplicate qid)."""
+    def check_frame(self, inp: pd.DataFrame) -> None:
+        """The query frame checks of :meth:`transform` (ValueError on a missing column or a duplicate qid)."""
         pta.validate.query_frame(inp, extra_columns=["query"])
-        if len(inp) == 0:
-            return inp.assign(query_toks=pd.Series(dtype=object))
         if len(inp) > 1:  # (one row: one query, and pandas' duplicated() costs more than the check)
             dup = inp["qid"].duplicated()
             if dup.any():
                 # two rows under one qid would merge into one ranking downstream
                 raise ValueError(f"duplicate qid {inp['qid'][dup].iat[0]!r} in the query frame")
-        return inp.assign(query_toks=self.encode(inp))
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """``inp`` with a ``query_toks`` column (ValueError on a duplicate qid)."""
+        self.check_frame(inp)
+        if len(inp) == 0:
+            return inp.assign(query_toks=pd.Series(dtype=object))
+        columns = column_arrays(inp)
+        toks = csr_to_toks(self.encode_columns(columns), self.model.vocab.tokens)
+        columns["query_toks"] = object_array(toks)  # replaced in place if present
+        return frame_from_arrays(columns, inp.index)
+
+    def fuse_right(self, right: pt.Transformer) -> pt.Transformer | None:
+        """``encoder >> index.retriever(...)`` becomes one :class:`EncodedRetriever` (``.compile()``)."""
+        if type(right) is D2SRetriever:  # (a subclass may retrieve differently)
+            return EncodedRetriever(self, right)
+        return None
+
+
+class EncodedRetriever(pt.Transformer):
+    """``D2SQueryEncoder >> D2SRetriever`` as one stage, what PyTerrier's ``.compile()`` makes of the pair.
+
+    The same result frame (``query_toks`` included) without the intermediate query frame, and the encoded
+    queries go from the head's output to the index's term ids directly instead of through their
+    ``{token: weight}`` dicts: what one query at a time spends most of its time on after the encoding.
+    """
+
+    def __init__(self, encoder: D2SQueryEncoder, retriever: D2SRetriever):
+        self.encoder = encoder
+        self.retriever = retriever
+
+    def __repr__(self) -> str:
+        return f"({self.encoder!r} >> {self.retriever!r})"
+
+    def transform_inputs(self) -> list[list[str]]:
+        """Required input columns."""
+        return [["qid", "query"]]
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """Output columns for given input columns."""
+        pta.validate.query_frame(input_columns, extra_columns=["query"])
+        with_toks = list(input_columns) + ([] if "query_toks" in input_columns else ["query_toks"])
+        return query_result_columns(with_toks)
+
+    def fuse_rank_cutoff(self, k: int) -> EncodedRetriever | None:
+        """``(encoder >> retriever) % k`` retrieves only k results."""
+        fused = self.retriever.fuse_rank_cutoff(k)
+        return None if fused is None else EncodedRetriever(self.encoder, fused)
+
+    def encode_and_search(self, inp: pd.DataFrame):
+        """(the query columns with ``query_toks``, the engine's hits, the encoded queries' CSR) of ``inp``."""
+        self.encoder.check_frame(inp)
+        columns = column_arrays(inp)
+        csr = self.encoder.encode_columns(columns)
+        columns["query_toks"] = object_array(csr_to_toks(csr, self.encoder.model.vocab.tokens))
+        col_of = index_columns(self.encoder.model.vocab, self.retriever.index)[0]
+        return columns, self.retriever.search(query_batch(csr, col_of)), csr
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Encode and retrieve (the result frame of the two stages run one after the other)."""
+        if len(inp) == 0:
+            return self.retriever.transform(self.encoder.transform(inp))
+        columns, hits, _ = self.encode_and_search(inp)
+        return hits_frame(columns, hits, self.retriever.index.forward())
+

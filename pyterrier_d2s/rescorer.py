@@ -16,15 +16,32 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 import scipy.sparse as sp
 
-from .index.engines import QueryBatch
-from .index.results import candidate_rows, empty_reranked, query_groups, rerank, score_pairs
-from .query_encoder import csr_to_toks, index_columns, query_vector_matrix
+from .frames import column_arrays, frame_from_arrays, object_array
+from .head import SCREEN_MAX_ROWS
+from .index.engines import group_ranks
+from .index.results import (
+    RESULT_COLUMNS,
+    candidate_rows,
+    empty_reranked,
+    hits_frame,
+    query_groups,
+    rerank,
+    score_pairs,
+)
+from .query_encoder import (
+    EncodedRetriever,
+    column_vocab_ids,
+    csr_to_toks,
+    index_columns,
+    query_batch,
+    query_vector_matrix,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .index import D2SIndex
     from .model import D2S
 
-__all__ = ["ExpansionRescorer"]
+__all__ = ["ExpansionRescorer", "RetrieveRescore"]
 
 
 class ExpansionRescorer(pt.Transformer):
@@ -91,45 +108,107 @@ class ExpansionRescorer(pt.Transformer):
         out_cols = self._out_cols(list(inp.columns))
         if len(inp) == 0:
             return empty_reranked(inp, out_cols)
-        qcodes, first_rows = query_groups(inp["qid"])
+        columns = column_arrays(inp)
+        qcodes, first_rows = query_groups(columns["qid"])
+        rows = candidate_rows(self.d2s_index.forward(), columns["docno"])
+        scores, expanded = self.expanded_scores(columns, first_rows, qcodes, rows)
+        replaced = {}
+        if self.expanded_toks:
+            toks = csr_to_toks(expanded, self.model.vocab.tokens)
+            replaced["query_toks"] = np.array([toks[c] for c in qcodes], dtype=object)
+        return rerank(columns, qcodes, scores, out_cols, replaced, self.num_results)
+
+    def expanded_scores(
+        self, columns: dict, query_rows: np.ndarray, qcodes: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, sp.csr_matrix]:
+        """(exact score of each candidate, the expanded queries' CSR): query ``q`` is row ``query_rows[q]`` of
+        the frame ``columns`` (its ``qid``, ``query``, ``query_vec``), candidate ``i`` pairs query
+        ``qcodes[i]`` with forward-store row ``rows[i]``."""
         fwd = self.d2s_index.forward()
         col_of, in_docs = index_columns(self.model.vocab, self.d2s_index)
         # a token no image has cannot add to any score: the head computes only the tokens the index has (a
         # few thousand of 30,522 on a small collection), unless top-k pruning needs the whole vocabulary
         # (with expanded_toks the dict stays the full expanded query)
         restrict = self.top_k is None and not self.expanded_toks
+        tokens = in_docs
+        if restrict and len(query_rows) <= SCREEN_MAX_ROWS:
+            # one query at a time: only the tokens its candidates have can change their scores, a few
+            # thousand, and the head's int8 screen visits only those rows (a batch keeps the index's tokens:
+            # their float32 rows are gathered once and cached)
+            vocab_ids = column_vocab_ids(self.model.vocab, self.d2s_index)[fwd.columns_of_rows(rows)]
+            tokens = np.sort(vocab_ids[vocab_ids >= 0])  # (ascending already when the columns are)
         # the first row of each query, column by column (a row selection of the frame costs more than the rest)
         vectors = None
-        if "query_vec" in inp.columns:
+        if "query_vec" in columns:
             vectors = query_vector_matrix(
-                inp["qid"].array.take(first_rows), inp["query_vec"].array.take(first_rows)
+                columns["qid"].take(query_rows), columns["query_vec"].take(query_rows)
             )
         expanded = self.model.encode_texts(
-            [str(q) for q in inp["query"].array.take(first_rows)],
+            [str(q) for q in columns["query"].take(query_rows)],
             vectors,
             expansion=True,
             top_k=self.top_k,
             min_weight=self.min_weight,
-            columns=in_docs if restrict else None,
+            columns=tokens if restrict else None,
         )
-        scores = score_pairs(
-            self.d2s_index, _query_batch(expanded, col_of), qcodes, candidate_rows(fwd, inp["docno"])
-        )
-        replaced = {}
-        if self.expanded_toks:
-            toks = csr_to_toks(expanded, self.model.vocab.tokens)
-            replaced["query_toks"] = np.array([toks[c] for c in qcodes], dtype=object)
-        return rerank(inp, qcodes, scores, out_cols, replaced, self.num_results)
+        return score_pairs(self.d2s_index, query_batch(expanded, col_of), qcodes, rows), expanded
+
+    def fuse_left(self, left: pt.Transformer) -> pt.Transformer | None:
+        """``(encoder >> retriever) >> rescorer`` on the same index becomes one :class:`RetrieveRescore`."""
+        if isinstance(left, EncodedRetriever) and left.retriever.index is self.d2s_index:
+            return RetrieveRescore(left, self)
+        return None
 
 
-def _query_batch(expanded: sp.csr_matrix, col_of: np.ndarray) -> QueryBatch:
-    """Vocabulary-id CSR rows as a batch over the forward store's columns (``col_of``: -1 if not indexed)."""
-    terms = col_of[expanded.indices]
-    keep = (terms >= 0) & (expanded.data > 0)
-    n = expanded.shape[0]
-    per_query = np.bincount(np.repeat(np.arange(n), np.diff(expanded.indptr))[keep], minlength=n)
-    return QueryBatch(
-        np.r_[0, np.cumsum(per_query)].astype(np.int64),
-        terms[keep].astype(np.int32),
-        expanded.data[keep].astype(np.float32),
-    )
+class RetrieveRescore(pt.Transformer):
+    """``D2SQueryEncoder >> D2SRetriever >> ExpansionRescorer`` as one stage (PyTerrier's ``.compile()``).
+
+    The same result frame as the three stages, without the two intermediate frames: the candidates go from
+    the engine's hits to the re-scorer as forward-store rows (no docno look-up), and one frame of the kept
+    rows is built at the end.
+    """
+
+    def __init__(self, first_stage: EncodedRetriever, rescorer: ExpansionRescorer):
+        self.first_stage = first_stage
+        self.rescorer = rescorer
+
+    def __repr__(self) -> str:
+        return f"({self.first_stage!r} >> {self.rescorer!r})"
+
+    def transform_inputs(self) -> list[list[str]]:
+        """Required input columns."""
+        return self.first_stage.transform_inputs()
+
+    def transform_outputs(self, input_columns: list[str]) -> list[str]:
+        """Output columns for given input columns."""
+        return self.rescorer.transform_outputs(self.first_stage.transform_outputs(input_columns))
+
+    def fuse_rank_cutoff(self, k: int) -> RetrieveRescore | None:
+        """``(... >> rescorer) % k`` keeps the top k in the re-scorer."""
+        fused = self.rescorer.fuse_rank_cutoff(k)
+        return None if fused is None else RetrieveRescore(self.first_stage, fused)
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Retrieve with the first stage, re-score exactly with the expanded queries, keep the best."""
+        if len(inp) == 0:
+            return self.rescorer.transform(self.first_stage.transform(inp))
+        columns, hits, _ = self.first_stage.encode_and_search(inp)
+        fwd = self.rescorer.d2s_index.forward()
+        if len(hits.qpos) == 0:
+            return self.rescorer.transform(hits_frame(columns, hits, fwd))
+        # queries numbered in input order (hits are grouped by input position, in that order)
+        query_rows, qcodes = np.unique(hits.qpos, return_inverse=True)
+        scores, expanded = self.rescorer.expanded_scores(columns, query_rows, qcodes, hits.rows)
+        order = np.lexsort((-scores, qcodes))  # stable: ties keep the first stage's order
+        ranks = group_ranks(qcodes[order])
+        if self.rescorer.num_results is not None:
+            order, ranks = order[ranks < self.rescorer.num_results], ranks[ranks < self.rescorer.num_results]
+        positions = hits.qpos[order]
+        out = {c: a.take(positions) for c, a in columns.items() if c not in RESULT_COLUMNS}
+        if self.rescorer.expanded_toks:
+            toks = csr_to_toks(expanded, self.rescorer.model.vocab.tokens)
+            out["query_toks"] = object_array([toks[c] for c in qcodes[order]])
+        out["docno"] = fwd.docno_array.take(hits.rows[order])
+        out["score"] = scores[order]
+        out["rank"] = ranks.astype(np.int64)
+        return frame_from_arrays(out, len(order))

@@ -39,6 +39,34 @@ def _screen_rows(q, scale, slack, bias, h, h_l2, round_coef, limit, out):  # pra
     return n
 
 
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _screen_and_project(
+    q, scale, slack, bias, rows, positions, weight, full_bias, h, h_l2, round_coef, limit, threshold, out_ids, out_vals
+):  # pragma: no cover - compiled
+    """The screen and the exact outputs in one pass over the screened rows at ``positions`` (ascending): a row
+    that passes the bound is computed at once in float32 from its row of ``weight`` (|V| x ω) and kept when
+    ``log(1 + x) > threshold``; returns the count written."""
+    n = 0
+    for t in range(positions.shape[0]):
+        j = positions[t]
+        acc = np.float32(0.0)
+        for i in range(q.shape[1]):
+            acc += np.float32(q[j, i]) * h[i]
+        if scale[j] * acc + bias[j] + h_l2 * slack[j] + round_coef * scale[j] > limit:
+            r = rows[j]
+            x = np.float32(0.0)
+            for i in range(weight.shape[1]):
+                x += weight[r, i] * h[i]
+            x += full_bias[r]
+            if x > 0:
+                w = np.log1p(x)
+                if w > threshold:
+                    out_ids[n] = r
+                    out_vals[n] = w
+                    n += 1
+    return n
+
+
 class Int8Screen:
     """An int8 copy of the vocabulary rows ``rows`` of ``weight`` (|V| x ω) with the bound of its error.
 
@@ -59,6 +87,10 @@ class Int8Screen:
         self.err_l2 = (np.sqrt((err * err).sum(axis=1)) * (1 + 1e-6)).astype(np.float32)
         self.bias = np.asarray(bias[rows], dtype=np.float32)
         self.slack = self.err_l2 + (8 * _ROUNDING) * np.abs(self.bias)
+        # vocabulary id -> screened position (-1: not screened), for projections onto a subset of the rows
+        self.position = np.full(len(weight), -1, dtype=np.int64)
+        self.position[self.rows] = np.arange(len(self.rows))
+        self._every_position = np.arange(len(self.rows), dtype=np.int64)
 
     @property
     def nbytes(self) -> int:
@@ -71,11 +103,60 @@ class Int8Screen:
 
     def candidates(self, hidden: np.ndarray, limit: float = 0.0) -> np.ndarray:
         """Vocabulary ids whose logit ``hidden·w_j + b_j`` may exceed ``limit`` (a superset of those that do)."""
-        h = np.ascontiguousarray(hidden, dtype=np.float32)
-        h_l2 = np.float32(np.sqrt(float(h.astype(np.float64) @ h.astype(np.float64))) * (1 + 1e-6))
-        round_coef = np.float32((h.shape[0] + 4) * _ROUNDING * 127.0 * float(np.abs(h).sum()))
+        h, h_l2, round_coef = self._bound_terms(hidden)
         out = np.empty(len(self.rows), dtype=np.int64)  # per call: safe from several threads
         n = _screen_rows(
             self.q, self.scale, self.slack, self.bias, h, h_l2, round_coef, np.float32(limit), out
         )
         return self.rows[out[:n]]
+
+    def _bound_terms(self, hidden: np.ndarray) -> tuple[np.ndarray, np.float32, np.float32]:
+        h = np.ascontiguousarray(hidden, dtype=np.float32)
+        h_l2 = np.float32(np.sqrt(float(h.astype(np.float64) @ h.astype(np.float64))) * (1 + 1e-6))
+        round_coef = np.float32((h.shape[0] + 4) * _ROUNDING * 127.0 * float(np.abs(h).sum()))
+        return h, h_l2, round_coef
+
+    def project(
+        self,
+        hidden: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        threshold: float = 0.0,
+        columns: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(vocabulary ids, weights ``log(1 + relu(hidden·w_j + b_j))`` above ``threshold``) of one hidden vector.
+
+        ``weight`` / ``bias`` are the float32 layer this screen was built from (all |V| rows): the rows that
+        pass the screen are computed from it in the same pass, so the result is the full projection's (ids
+        ascending) up to float32 rounding, without gathering rows or a second call. ``columns`` (sorted
+        vocabulary ids): only these are screened and computed (ids not screened are 0), so a projection onto a
+        few thousand tokens reads only their int8 rows.
+        """
+        h, h_l2, round_coef = self._bound_terms(hidden)
+        threshold = max(float(threshold), 0.0)
+        limit = np.float32(np.expm1(threshold))  # log1p(x) > threshold  <=>  x > expm1(threshold)
+        if columns is None:
+            positions = self._every_position
+        else:
+            positions = self.position[columns]
+            positions = positions[positions >= 0]
+        ids = np.empty(len(positions), dtype=np.int32)  # per call: safe from several threads
+        vals = np.empty(len(positions), dtype=np.float32)
+        n = _screen_and_project(
+            self.q,
+            self.scale,
+            self.slack,
+            self.bias,
+            self.rows,
+            positions,
+            np.ascontiguousarray(weight, dtype=np.float32),
+            np.ascontiguousarray(bias, dtype=np.float32),
+            h,
+            h_l2,
+            round_coef,
+            limit,
+            np.float32(threshold),
+            ids,
+            vals,
+        )
+        return ids[:n], vals[:n]

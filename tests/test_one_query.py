@@ -87,3 +87,58 @@ def test_fused_rank_cutoff_of_the_rescorer_equals_the_cutoff(model, index, data)
     pd.testing.assert_frame_equal(compiled(topics).reset_index(drop=True), want.reset_index(drop=True))
     with pytest.raises(ValueError, match="num_results"):
         model.rescorer(index).__class__(model, index, num_results=-1)
+
+
+def _brute_force_rescored(model, index, topics, depth, k):
+    """Own-token retrieval to ``depth``, then each candidate scored with the float32 expanded query (dense)."""
+    fwd = index.forward()
+    dense = fwd.matrix.toarray().astype(np.float64)
+    col_of = {t: i for i, t in enumerate(fwd.terms.tolist())}
+    first = (model.query_encoder(expansion=False) >> index.retriever(num_results=depth))(topics)
+    vecs = np.stack(topics["query_vec"].tolist())
+    expanded = model.head.encode(vecs, screen=False).toarray()
+    out = {}
+    for qid, group in first.groupby("qid", sort=False):
+        row = expanded[list(topics["qid"]).index(qid)]
+        qvec = np.zeros(dense.shape[1])
+        for j in np.flatnonzero(row):
+            token = model.vocab.tokens[j]
+            if token in col_of:
+                qvec[col_of[token]] = row[j]
+        scores = {d: float(dense[fwd.docno_index[d]] @ qvec) for d in group["docno"]}
+        out[qid] = sorted(scores, key=lambda d: -scores[d])[:k]
+    return out
+
+
+def test_compiled_pipelines_are_one_stage_with_the_same_frames(model, index, data):
+    """.compile() fuses encoder >> retriever (>> re-scorer): the same frames, columns and dtypes, for one row,
+    several rows, a query without hits and an empty frame; the re-scored rankings equal brute force."""
+    topics = data.topics().head(8).reset_index(drop=True)
+    no_hits = topics.iloc[:1].assign(qid="none", query="zzzz", query_vec=[np.zeros(512, np.float32)])
+    pipelines = {
+        "expanded": model.query_encoder() >> index.retriever(num_results=10),
+        "restricted": model.query_encoder(index=index) >> index.retriever(num_results=10),
+        "rescored": (
+            model.query_encoder(expansion=False) >> index.retriever(num_results=40) >> model.rescorer(index)
+        )
+        % 5,
+        "rescored with expanded toks": model.query_encoder(expansion=False)
+        >> index.retriever(num_results=40)
+        >> model.rescorer(index, expanded_toks=True),
+    }
+    for name, pipe in pipelines.items():
+        compiled = pipe.compile()
+        stages = [type(compiled).__name__]
+        assert stages[0] in ("EncodedRetriever", "RetrieveRescore"), (name, compiled)
+        for frame in (topics.iloc[:1], topics.iloc[3:4], topics, no_hits, topics.iloc[:0]):
+            want, got = pipe(frame), compiled(frame)
+            pd.testing.assert_frame_equal(
+                got.reset_index(drop=True), want.reset_index(drop=True), check_exact=False, rtol=1e-5
+            )
+        assert compiled.transform_outputs(list(topics.columns)) == list(want.columns), name
+    got = pipelines["rescored"].compile()
+    assert len(got(topics)["qid"].unique()) >= len(topics) // 2  # most queries have candidates
+    for i in range(len(topics)):  # one query at a time: the screen visits only the candidates' tokens
+        one = got(topics.iloc[i : i + 1])
+        want = _brute_force_rescored(model, index, topics.iloc[i : i + 1], 40, 5)
+        assert one["docno"].tolist() == want.get(topics["qid"][i], [])

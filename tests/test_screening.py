@@ -112,3 +112,30 @@ def test_bad_screen_requests_are_refused(sparse_head):
     z = np.zeros((1, 16), np.float32)
     with pytest.raises(ValueError, match="screen=True needs expanded rows"):
         sparse_head.encode(z, own_token_ids=[np.array([2000])], screen=True)
+
+
+def test_project_equals_brute_force_on_every_row_or_a_subset():
+    rng = np.random.default_rng(3)
+    weight, bias = _layer(rng, 3000, 48)
+    rows = np.sort(rng.choice(3000, 2500, replace=False))  # 500 ids are never screened (not allowed)
+    screen = Int8Screen(weight, bias, rows)
+    for threshold in (0.0, 0.4):
+        for _ in range(10):
+            h = (rng.standard_normal(48) * rng.uniform(0.5, 4)).astype(np.float32)
+            logits = weight.astype(np.float64) @ h + bias
+            weights = np.log1p(np.maximum(logits, 0))
+            want = rows[weights[rows] > threshold]
+            ids, vals = screen.project(h, weight, bias, threshold)
+            assert len(want) > 5 and ids.tolist() == want.tolist()  # ascending, nothing missed or added
+            np.testing.assert_allclose(vals, weights[ids], rtol=1e-5, atol=2e-5)  # float32 sums
+            subset = np.sort(rng.choice(3000, 400, replace=False))
+            ids, vals = screen.project(h, weight, bias, threshold, columns=subset)
+            assert ids.tolist() == [j for j in want.tolist() if j in set(subset.tolist())]
+            np.testing.assert_allclose(vals, weights[ids], rtol=1e-5, atol=2e-5)  # float32 sums
+
+
+def test_a_head_in_float64_is_not_screened(sparse_head):
+    head = D2SHead(D2SHeadConfig(input_dim=16, hidden_dim=48, init="random"), vocab=sparse_head.vocab).double()
+    assert not head._screens(None, 1, None, torch.device("cpu"))
+    with pytest.raises(ValueError, match="float32 head"):
+        head._screens(True, 1, None, torch.device("cpu"))

@@ -89,6 +89,18 @@ class ForwardStore:
         """term -> largest document weight (used by the quantisation error bound)."""
         return dict(zip(self.terms.tolist(), self.term_max_array.astype(np.float64).tolist(), strict=True))
 
+    def columns_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The columns (ascending, distinct) in which some of the documents ``rows`` has a stored entry."""
+        m = self.matrix
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, lens = m.indptr[rows], m.indptr[rows + 1] - m.indptr[rows]
+        ends = np.cumsum(lens)
+        # positions of the rows' entries in m.indices, without a Python loop over the rows
+        src = np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+        seen = np.zeros(m.shape[1], dtype=bool)  # a mark per column: cheaper than sorting the entries
+        seen[m.indices[src]] = True
+        return np.flatnonzero(seen)
+
     def rows(self, docnos: list[str] | np.ndarray) -> np.ndarray:
         """Row numbers of ``docnos``.
 

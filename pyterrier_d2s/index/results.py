@@ -8,12 +8,14 @@ kernel, scipy without numba) and sort it again (:func:`rerank`, :func:`empty_rer
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyterrier_alpha as pta
 
+from ..frames import column_arrays, frame_from_arrays
 from .engines import Hits, group_ranks
 from .engines.pair_scores import score_pairs
 
@@ -32,6 +34,9 @@ __all__ = [
     "score_pairs",
 ]
 
+#: frames up to this many rows are grouped by query in Python (see :func:`query_groups`)
+SMALL_FRAME_ROWS = 1000
+
 #: the columns a retriever adds to the query columns
 RESULT_COLUMNS = ["docno", "score", "rank"]
 
@@ -49,23 +54,38 @@ def empty_result(inp: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"docno": object, "score": np.float64, "rank": np.int64})
 
 
-def hits_frame(inp: pd.DataFrame, hits: Hits, fwd: ForwardStore) -> pd.DataFrame:
-    """Result frame of ``hits`` (over the queries of ``inp``, by position): the query columns + docno/score/rank."""
+def hits_frame(inp: pd.DataFrame | Mapping[str, Any], hits: Hits, fwd: ForwardStore) -> pd.DataFrame:
+    """Result frame of ``hits`` over the queries of ``inp`` (a frame, or its :func:`column_arrays`), by
+    position: the query columns + docno/score/rank."""
+    columns = column_arrays(inp) if isinstance(inp, pd.DataFrame) else inp
     if len(hits.qpos) == 0:
-        return empty_result(inp)
-    # one DataFrame construction from arrays taken by position: iloc/drop/setitem chains cost milliseconds per
-    # query, and going through numpy object arrays makes pandas convert every string back to its str dtype
-    cols = {c: inp[c].array.take(hits.qpos) for c in inp.columns if c not in RESULT_COLUMNS}
+        n = len(next(iter(columns.values()))) if columns else 0
+        return empty_result(inp if isinstance(inp, pd.DataFrame) else frame_from_arrays(columns, n))
+    # one frame assembled from arrays taken by position: iloc/drop/setitem chains cost milliseconds per query,
+    # and going through numpy object arrays makes pandas convert every string back to its str dtype
+    cols = {c: a.take(hits.qpos) for c, a in columns.items() if c not in RESULT_COLUMNS}
     cols["docno"] = fwd.docno_array.take(hits.rows)
     cols["score"] = hits.scores.astype(np.float64)
     cols["rank"] = hits.ranks().astype(np.int64)
-    return pd.DataFrame(cols)
+    return frame_from_arrays(cols, len(hits.qpos))
 
 
 def query_groups(qids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(code of each row's query, numbered in order of first appearance; the first row of each query)."""
-    qcodes, _ = pd.factorize(qids, sort=False)
-    return qcodes, np.unique(qcodes, return_index=True)[1]
+    if len(qids) > SMALL_FRAME_ROWS:
+        qcodes, _ = pd.factorize(qids, sort=False)
+        return qcodes, np.unique(qcodes, return_index=True)[1]
+    # a small frame (one query's candidates): a dict over the values costs a tenth of pandas' hashing
+    codes: dict = {}
+    first: list[int] = []
+    qcodes = np.empty(len(qids), dtype=np.int64)
+    for i, q in enumerate(qids.tolist()):
+        c = codes.get(q)
+        if c is None:
+            c = codes[q] = len(codes)
+            first.append(i)
+        qcodes[i] = c
+    return qcodes, np.array(first, dtype=np.int64)
 
 
 def candidate_rows(fwd: ForwardStore, docnos: pd.Series) -> np.ndarray:
@@ -79,14 +99,15 @@ def empty_reranked(inp: pd.DataFrame, out_cols: list[str]) -> pd.DataFrame:
 
 
 def rerank(
-    inp: pd.DataFrame,
+    inp: pd.DataFrame | Mapping[str, Any],
     qcodes: np.ndarray,
     scores: np.ndarray,
     out_cols: list[str],
     replaced: dict[str, np.ndarray] | None = None,
     num_results: int | None = None,
 ) -> pd.DataFrame:
-    """``inp`` with new ``score``s, sorted per query (queries in first-appearance order), ``rank`` recomputed.
+    """``inp`` (a frame or its :func:`column_arrays`) with new ``score``s, sorted per query (queries in
+    first-appearance order), ``rank`` recomputed.
 
     ``qcodes`` numbers the queries in order of first appearance (``pd.factorize(..., sort=False)``); ties keep
     the input order. ``replaced`` holds whole columns (in input row order) that replace or add to ``inp``'s.
@@ -97,11 +118,12 @@ def rerank(
     if num_results is not None:
         order, ranks = order[ranks < num_results], ranks[ranks < num_results]
     replaced = replaced or {}
+    arrays = column_arrays(inp) if isinstance(inp, pd.DataFrame) else inp
     cols = {
-        c: replaced[c][order] if c in replaced else inp[c].array.take(order)
+        c: replaced[c][order] if c in replaced else arrays[c].take(order)
         for c in out_cols
         if c not in ("score", "rank")
     }
-    cols["score"] = scores[order]
+    cols["score"] = np.asarray(scores[order], dtype=np.float64)
     cols["rank"] = ranks.astype(np.int64)
-    return pd.DataFrame(cols)  # built in out_cols order
+    return frame_from_arrays(cols, len(order))  # built in out_cols order

@@ -13,6 +13,7 @@ import pyterrier as pt
 import pyterrier_alpha as pta
 from tqdm.auto import tqdm
 
+from ..frames import column_arrays
 from .core import DEFAULT_ENGINE, D2SIndex
 from .engines import Engine, Hits, MissingDependencyError, QueryBatch, engine_class, get_engine
 from .results import (
@@ -99,6 +100,12 @@ class D2SRetriever(QueryToksRetriever):
 
     def search(self, queries: QueryBatch) -> Hits:
         """Engine-level search for an encoded batch (no DataFrames): ``Hits`` of rows of the forward store."""
+        if self.verbose:
+            with tqdm(total=len(queries), desc=f"D2S {self.engine_name}", unit="query") as bar:
+                return self.engine.search(
+                    queries, self.num_results, threads=self.threads, progress=bar.update, **self.settings
+                )
+        # no tqdm object at all: creating a disabled one costs ~0.1 ms per call
         return self.engine.search(queries, self.num_results, threads=self.threads, **self.settings)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
@@ -107,14 +114,7 @@ class D2SRetriever(QueryToksRetriever):
         if len(inp) == 0:
             return empty_result(inp)
         fwd = self.index.forward()
-        queries = QueryBatch.from_toks(fwd, inp["query_toks"])
-        if self.verbose:
-            with tqdm(total=len(inp), desc=f"D2S {self.engine_name}", unit="query") as bar:
-                hits = self.engine.search(
-                    queries, self.num_results, threads=self.threads, progress=bar.update, **self.settings
-                )
-        else:  # no tqdm object at all: creating a disabled one costs ~0.1 ms per call
-            hits = self.engine.search(queries, self.num_results, threads=self.threads, **self.settings)
+        hits = self.search(QueryBatch.from_toks(fwd, column_arrays(inp)["query_toks"]))
         return hits_frame(inp, hits, fwd)
 
 
