@@ -205,31 +205,14 @@ class D2SHead(nn.Module):
                 :data:`SCREEN_MAX_ROWS` rows on CPU; ``False``: the float32 projection only. Not with
                 ``own_token_ids`` (which computes a few tokens per row anyway).
         """
-        if (
-            screen is not False
-            and own_token_ids is None
-            and not torch.is_tensor(z)
-            and not self.training
-            and self.vocab_proj.weight.device.type == "cpu"
-            and self.vocab_proj.weight.dtype == torch.float32
-        ):
-            z_np = np.asarray(z, dtype=np.float32)
-            if z_np.ndim == 2 and z_np.shape[1] == self.config.input_dim and self._screens(
-                screen, len(z_np), None, torch.device("cpu")
-            ):
-                # one query at a time: numpy end to end, no torch dispatch (cheaper than the screen itself)
-                return self._encode_screened_np(z_np, top_k, threshold, columns)
+        z_np = self._numpy_screened_input(z, own_token_ids, screen)
+        if z_np is not None:
+            # one query at a time: numpy end to end, no torch dispatch (cheaper than the screen itself)
+            return self._encode_screened_np(z_np, top_k, threshold, columns)
         z_t = self._dense_input(z)
         if own_token_ids is not None and len(own_token_ids) != len(z_t):
             raise ValueError(f"{len(own_token_ids)} token lists for {len(z_t)} vectors")
-        if columns is None and own_token_ids is None:
-            # a head restricted to a small output vocabulary projects onto those rows only: the same weights
-            # (every other one is 0), without reading the whole |V| x ω layer per call
-            columns = self._restricted_columns()
-        if columns is not None:
-            if own_token_ids is not None:
-                raise ValueError("give own_token_ids or columns, not both")
-            columns = self._checked_columns(columns)
+        columns = self._resolved_columns(columns, own_token_ids)
         was_training = self.training
         if was_training:
             self.eval()
@@ -249,6 +232,40 @@ class D2SHead(nn.Module):
         if not blocks:
             return sp.csr_matrix((0, self.config.vocab_size), dtype=np.float32)
         return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+
+    def _resolved_columns(
+        self, columns: np.ndarray | None, own_token_ids: list[np.ndarray] | None
+    ) -> np.ndarray | None:
+        """The vocabulary ids :meth:`encode` computes (sorted), or None for all of them."""
+        if columns is None and own_token_ids is None:
+            # a head restricted to a small output vocabulary projects onto those rows only: the same weights
+            # (every other one is 0), without reading the whole |V| x ω layer per call
+            columns = self._restricted_columns()
+        if columns is None:
+            return None
+        if own_token_ids is not None:
+            raise ValueError("give own_token_ids or columns, not both")
+        return self._checked_columns(columns)
+
+    def _numpy_screened_input(
+        self, z: np.ndarray | torch.Tensor, own_token_ids: list[np.ndarray] | None, screen: bool | None
+    ) -> np.ndarray | None:
+        """``z`` as float32 numpy rows when :meth:`encode` screens them in numpy (a few expanded rows given as
+        an array, an evaluated float32 head on CPU), else None (the torch path, which checks the input)."""
+        weight = self.vocab_proj.weight
+        if (
+            screen is False
+            or own_token_ids is not None
+            or torch.is_tensor(z)
+            or self.training
+            or weight.device.type != "cpu"
+            or weight.dtype != torch.float32
+        ):
+            return None
+        z_np = np.asarray(z, dtype=np.float32)
+        if z_np.ndim != 2 or z_np.shape[1] != self.config.input_dim:
+            return None
+        return z_np if self._screens(screen, len(z_np), None, weight.device) else None
 
     def _dense_input(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``z`` as a float32 (n, input_dim) tensor; a ValueError names any other shape."""
@@ -365,10 +382,7 @@ class D2SHead(nn.Module):
         self, z: np.ndarray, top_k: int | None, threshold: float, columns: np.ndarray | None
     ) -> sp.csr_matrix:
         """:meth:`encode` of a few rows on CPU with the int8 screen, in numpy (same outputs, no torch calls)."""
-        if columns is None:
-            columns = self._restricted_columns()
-        if columns is not None:
-            columns = self._checked_columns(columns)
+        columns = self._resolved_columns(columns, None)
         # one screen of every allowed row; a projection onto columns visits only theirs (a screen per column
         # set would quantise the layer again for each set, e.g. each query's candidate documents' terms)
         screen = self.int8_screen()
