@@ -381,6 +381,11 @@ def main() -> None:
         action="store_true",
         help="skip the end-to-end figures with query encoding (head-built collections, see latency_e2e.py)",
     )
+    ap.add_argument(
+        "--e2e-only",
+        action="store_true",
+        help="only the end-to-end figures with query encoding (not the engines on the synthetic collections)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     n_docs = args.docs or (5_000 if args.small else 123_000)
@@ -397,12 +402,13 @@ def main() -> None:
     started = time.perf_counter()
     try:
         for f in args.flops:
-            coll = make_collection(f, n_docs, n_queries, args.seed)
-            b = Bench(coll, workdir, budget, args.ks, reuse=args.reuse)
-            b.seismic_all = args.seismic_all
-            for k in args.ks:
-                measure(b, k, args.small, emit)
-            del b
+            if not args.e2e_only:
+                coll = make_collection(f, n_docs, n_queries, args.seed)
+                b = Bench(coll, workdir, budget, args.ks, reuse=args.reuse)
+                b.seismic_all = args.seismic_all
+                for k in args.ks:
+                    measure(b, k, args.small, emit)
+                del b
             if not args.no_e2e_encode:
                 hc = latency_e2e.build(f, n_docs, n_queries, workdir, args.seed, args.reuse)
                 latency_e2e.measure_e2e(hc, min(args.ks), budget, emit)

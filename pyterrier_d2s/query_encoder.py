@@ -15,7 +15,7 @@ import pyterrier_alpha as pta
 import scipy.sparse as sp
 
 from .frames import column_arrays, frame_from_arrays, object_array
-from .index.engines import QueryBatch
+from .index.engines import Hits, QueryBatch
 from .index.results import hits_frame, query_result_columns
 from .index.retrievers import D2SRetriever
 
@@ -167,11 +167,11 @@ class D2SQueryEncoder(pt.Transformer):
         """The ``query_toks`` of each row of a frame with ``query`` (+ ``query_vec``)."""
         return csr_to_toks(self.encode_columns(column_arrays(inp)), self.model.vocab.tokens)
 
-    def encode_columns(self, columns: dict) -> sp.csr_matrix:
-        """The sparse queries (CSR over the vocabulary) of a frame's :func:`~pyterrier_d2s.frames.column_arrays`."""
+    def encode_columns(self, columns: dict, vectors: np.ndarray | None = None) -> sp.csr_matrix:
+        """The sparse queries (CSR over the vocabulary) of a frame's :func:`~pyterrier_d2s.frames.column_arrays`
+        (``vectors``: its ``query_vec`` column as a matrix, when the caller has it already)."""
         texts = [str(q) for q in columns["query"]]
-        vectors = None
-        if "query_vec" in columns:
+        if vectors is None and "query_vec" in columns:
             vectors = query_vector_matrix(columns["qid"], columns["query_vec"])
         return self.model.encode_texts(
             texts,
@@ -238,14 +238,18 @@ class EncodedRetriever(pt.Transformer):
         fused = self.retriever.fuse_rank_cutoff(k)
         return None if fused is None else EncodedRetriever(self.encoder, fused)
 
-    def encode_and_search(self, inp: pd.DataFrame):
-        """(the query columns with ``query_toks``, the engine's hits, the encoded queries' CSR) of ``inp``."""
+    def encode_and_search(self, inp: pd.DataFrame) -> tuple[dict, Hits, np.ndarray | None]:
+        """(the query columns with ``query_toks``, the engine's hits, the ``query_vec`` matrix or None) of
+        ``inp``."""
         self.encoder.check_frame(inp)
         columns = column_arrays(inp)
-        csr = self.encoder.encode_columns(columns)
+        vectors = None
+        if "query_vec" in columns:
+            vectors = query_vector_matrix(columns["qid"], columns["query_vec"])
+        csr = self.encoder.encode_columns(columns, vectors)
         columns["query_toks"] = object_array(csr_to_toks(csr, self.encoder.model.vocab.tokens))
         col_of = index_columns(self.encoder.model.vocab, self.retriever.index)[0]
-        return columns, self.retriever.search(query_batch(csr, col_of)), csr
+        return columns, self.retriever.search(query_batch(csr, col_of)), vectors
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Encode and retrieve (the result frame of the two stages run one after the other)."""

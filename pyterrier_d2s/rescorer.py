@@ -119,11 +119,17 @@ class ExpansionRescorer(pt.Transformer):
         return rerank(columns, qcodes, scores, out_cols, replaced, self.num_results)
 
     def expanded_scores(
-        self, columns: dict, query_rows: np.ndarray, qcodes: np.ndarray, rows: np.ndarray
+        self,
+        columns: dict,
+        query_rows: np.ndarray,
+        qcodes: np.ndarray,
+        rows: np.ndarray,
+        vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, sp.csr_matrix]:
         """(exact score of each candidate, the expanded queries' CSR): query ``q`` is row ``query_rows[q]`` of
         the frame ``columns`` (its ``qid``, ``query``, ``query_vec``), candidate ``i`` pairs query
-        ``qcodes[i]`` with forward-store row ``rows[i]``."""
+        ``qcodes[i]`` with forward-store row ``rows[i]``; ``vectors``: the queries' dense vectors, when the
+        caller has them as a matrix already."""
         fwd = self.d2s_index.forward()
         col_of, in_docs = index_columns(self.model.vocab, self.d2s_index)
         # a token no image has cannot add to any score: the head computes only the tokens the index has (a
@@ -138,8 +144,7 @@ class ExpansionRescorer(pt.Transformer):
             vocab_ids = column_vocab_ids(self.model.vocab, self.d2s_index)[fwd.columns_of_rows(rows)]
             tokens = np.sort(vocab_ids[vocab_ids >= 0])  # (ascending already when the columns are)
         # the first row of each query, column by column (a row selection of the frame costs more than the rest)
-        vectors = None
-        if "query_vec" in columns:
+        if vectors is None and "query_vec" in columns:
             vectors = query_vector_matrix(
                 columns["qid"].take(query_rows), columns["query_vec"].take(query_rows)
             )
@@ -192,13 +197,15 @@ class RetrieveRescore(pt.Transformer):
         """Retrieve with the first stage, re-score exactly with the expanded queries, keep the best."""
         if len(inp) == 0:
             return self.rescorer.transform(self.first_stage.transform(inp))
-        columns, hits, _ = self.first_stage.encode_and_search(inp)
+        columns, hits, vectors = self.first_stage.encode_and_search(inp)
         fwd = self.rescorer.d2s_index.forward()
         if len(hits.qpos) == 0:
             return self.rescorer.transform(hits_frame(columns, hits, fwd))
         # queries numbered in input order (hits are grouped by input position, in that order)
         query_rows, qcodes = np.unique(hits.qpos, return_inverse=True)
-        scores, expanded = self.rescorer.expanded_scores(columns, query_rows, qcodes, hits.rows)
+        scores, expanded = self.rescorer.expanded_scores(
+            columns, query_rows, qcodes, hits.rows, None if vectors is None else vectors[query_rows]
+        )
         order = np.lexsort((-scores, qcodes))  # stable: ties keep the first stage's order
         ranks = group_ranks(qcodes[order])
         if self.rescorer.num_results is not None:
