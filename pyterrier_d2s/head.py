@@ -439,8 +439,10 @@ class D2SHead(nn.Module):
         """Weights of each row's own tokens only: one dot product per (row, own token) instead of the full
         |V|-wide projection (a caption has ~10 tokens of 30,522), which makes unexpanded queries cheap."""
         row_of = np.repeat(np.arange(own.shape[0]), np.diff(own.indptr))
-        if z.device.type == "cpu" and z.dtype == self.vocab_proj.weight.dtype == torch.float32:
-            # numpy on CPU: for a caption's ~10 tokens the torch calls cost more than the arithmetic
+        small = len(z) <= SCREEN_MAX_ROWS
+        if small and z.device.type == "cpu" and z.dtype == self.vocab_proj.weight.dtype == torch.float32:
+            # numpy for a few rows on CPU: for a caption's ~10 tokens the torch calls cost more than the
+            # arithmetic (a batch keeps torch, whose matrix product is the faster one)
             ids = own.indices.astype(np.int64)
             w, b = self.vocab_proj.weight.detach().numpy(), self.vocab_proj.bias.detach().numpy()
             hidden = self.hidden_np(z.detach().numpy())
