@@ -226,7 +226,7 @@ def search(
     topics = _search_topics(query, data, qid)
     d2s_index = open_built_index(index)
     check_built_with(d2s_index, head, index, model)
-    pipeline = head.query_encoder(expansion=expansion) >> d2s_index.retriever(num_results=num_results)
+    pipeline = (head.query_encoder(expansion=expansion) >> d2s_index.retriever(num_results=num_results)).compile()
     return SearchHits(str(topics["query"].iloc[0]), pipeline(topics))
 
 
