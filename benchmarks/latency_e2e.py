@@ -154,7 +154,7 @@ def systems(hc: HeadCollection, k: int) -> list[tuple[str, bool, object]]:
     model, index, flex = hc.model, hc.index, hc.flex
     expanded = model.query_encoder(expansion=True) >> index.retriever(num_results=k)
     restricted = model.query_encoder(expansion=True, index=index) >> index.retriever(num_results=k)
-    # compiled as PyTerrier does for pt.Experiment: encoder >> retriever (>> re-scorer) become one stage and
+    # compiled (PyTerrier's .compile()): encoder >> retriever (>> re-scorer) become one stage and
     # "% k" the re-scorer's own cut-off
     rescored = (
         (model.query_encoder(expansion=False) >> index.retriever(num_results=100) >> model.rescorer(index))
