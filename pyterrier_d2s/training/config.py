@@ -17,7 +17,7 @@ from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss
 from .recipe import RECIPES, TrainingSetShape, recipe_for
 
-__all__ = ["INITS", "NEGATIVES", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
+__all__ = ["CANDIDATES", "INITS", "NEGATIVES", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
 
 # options a recipe sets when the config leaves them at None
 RECIPE_KEYS = (
@@ -34,9 +34,25 @@ OUTPUT_VOCABS = ("all", "captions", "caption-words")
 PROJ_INITS = ("default", "pca")
 INITS = ("embeddings", "random", "text-space")
 NEGATIVES = ("global", "local")
+CANDIDATES = ("batch", "all-images")
 
 # fields that must be finite numbers when they are set
-_FINITE_FIELDS = ("eta", "lam", "tau", "lr_proj", "lr_vocab", "lr_vocab_bias", "warmup_ratio", "select_from")
+_FINITE_FIELDS = (
+    "eta",
+    "lam",
+    "tau",
+    "lr_proj",
+    "lr_vocab",
+    "lr_vocab_bias",
+    "warmup_ratio",
+    "select_from",
+    "hidden_dropout",
+    "input_noise",
+    "input_dropout",
+    "ema_decay",
+    "l2sp_proj",
+    "l2sp_vocab",
+)
 # (field, test, requirement): a set value must pass the test, or "<field> must be <requirement>, not <value>"
 _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lr_proj", lambda v: v >= 0, ">= 0"),
@@ -46,6 +62,12 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("epochs", lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda v: v >= 2, ">= 2"),
     ("own_token_fit", lambda v: v >= 0, ">= 0"),
+    ("hidden_dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("input_noise", lambda v: v >= 0, ">= 0"),
+    ("input_dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("ema_decay", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("l2sp_proj", lambda v: v >= 0, ">= 0"),
+    ("l2sp_vocab", lambda v: v >= 0, ">= 0"),
 )
 
 
@@ -97,6 +119,18 @@ class TrainConfig:
     # under torchrun: in-batch negatives over the global batch (the one-process loss; gathers the |V|-wide
     # outputs every step) or over each rank's own rows ("local": nothing gathered, not the one-process loss)
     negatives: str = "global"
+    # regularisers of the generalisation gap (issue 10; all off by default, measured in the README):
+    hidden_dropout: float = 0.0  # dropout on the hidden vector LN(W1 z) in training steps
+    input_noise: float = 0.0  # Gaussian noise of about this norm on the student's input vectors z
+    input_dropout: float = 0.0  # dropout on the student's input vectors z (the teacher sees them clean)
+    ema_decay: float = 0.0  # validate and return an exponential moving average of the weights (0: off)
+    l2sp_proj: float = 0.0  # weight of ||W1 - W1_start||² in the loss (L2-SP)
+    l2sp_vocab: float = 0.0  # weight of ||W2 - W2_start||² (the output rows) in the loss
+    # the images each step's captions are scored against: the batch's, or every training image
+    candidates: str = "batch"
+    # text-space start: an image's ridge target is the mean embedding of all its caption texts
+    # (data.meta["image_captions"], e.g. captions_all.jsonl), not only of those with vectors
+    ridge_all_captions: bool = False
 
     def __post_init__(self):
         # the checks run in this order, so a config with several bad values names the same one as before
@@ -112,6 +146,7 @@ class TrainConfig:
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
         _check_choice("proj_init", self.proj_init, PROJ_INITS)
         _check_choice("negatives", self.negatives, NEGATIVES)
+        _check_choice("candidates", self.candidates, CANDIDATES)
         if self.init is not None:
             _check_choice("init", self.init, INITS)
             if self.init == "text-space" and self.proj_init != "default":
@@ -120,6 +155,11 @@ class TrainConfig:
                 )
         if self.own_token_fit and self.init not in (None, "text-space"):
             raise ValueError(f"own_token_fit needs init='text-space', not init={self.init!r}")
+
+    @property
+    def stochastic_step(self) -> bool:
+        """Whether a step draws noise besides the expansion masks (dropout or input noise)."""
+        return bool(self.hidden_dropout or self.input_noise or self.input_dropout)
 
     def _check_finite(self) -> None:
         for name in _FINITE_FIELDS:
