@@ -22,7 +22,8 @@ def small_config(**over):
 def test_defaults_are_off_and_bad_values_are_refused():
     cfg = TrainConfig()
     assert (cfg.hidden_dropout, cfg.input_noise, cfg.input_dropout, cfg.ema_decay) == (0, 0, 0, 0)
-    assert (cfg.l2sp_proj, cfg.l2sp_vocab, cfg.candidates, cfg.ridge_all_captions) == (0, 0, "batch", False)
+    assert (cfg.l2sp_proj, cfg.l2sp_vocab, cfg.ridge_all_captions) == (0, 0, False)
+    assert cfg.candidates is None and cfg.tau is None  # the recipe's (see test_recipe)
     assert not cfg.stochastic_step
     for bad, match in (
         ({"hidden_dropout": 1.0}, "hidden_dropout must be in"),
@@ -103,7 +104,7 @@ def test_l2sp_penalty_value_and_gradient():
     w = torch.full((2, 2), 2.0, requires_grad=True)
     v = torch.ones(3, requires_grad=True)
     total = l2sp_penalty([w, v], [torch.zeros(2, 2), torch.ones(3)], [0.5, 10.0])
-    assert float(total) == pytest.approx(0.5 * 16.0)  # v is at its start
+    assert float(total.detach()) == pytest.approx(0.5 * 16.0)  # v is at its start
     total.backward()
     torch.testing.assert_close(w.grad, torch.full((2, 2), 2.0))  # 2 · 0.5 · (w - 0)
     assert l2sp_penalty([w], [torch.zeros(2, 2)], [0.0]) is None
@@ -171,6 +172,14 @@ def test_all_image_candidates_score_every_training_image(vocab):
     train, _ = data.train_and_validation()
     assert seen and all(n_img == len(train.image_ids) for n_img, _ in seen)
     assert seen[0][1] == 16
+    # candidates="batch" (the paper): the batch's own images only
+    seen.clear()
+    trainer_module.D2SLoss.__call__ = spy
+    try:
+        D2STrainer(small_config(epochs=1, candidates="batch"), vocab=vocab, progress=False).fit(data)
+    finally:
+        trainer_module.D2SLoss.__call__ = original
+    assert seen[0] == (16, 16)
 
 
 class _FakeEncoder:

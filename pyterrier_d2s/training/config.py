@@ -15,7 +15,7 @@ import numpy as np
 
 from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss
-from .recipe import RECIPES, TrainingSetShape, recipe_for
+from .recipe import PAPER_TAU, RECIPES, TrainingSetShape, recipe_for, tau_for
 
 __all__ = ["CANDIDATES", "INITS", "NEGATIVES", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
 
@@ -29,6 +29,8 @@ RECIPE_KEYS = (
     "output_vocab",
     "select_from",
     "init",
+    "tau",
+    "candidates",
 )
 OUTPUT_VOCABS = ("all", "captions", "caption-words")
 PROJ_INITS = ("default", "pca")
@@ -94,7 +96,7 @@ class TrainConfig:
     exp: str = "c+w"
     eta: float = 1e-3
     lam: float = 0.5
-    tau: float = 1e-3
+    tau: float | None = None  # teacher τ; None: the recipe's (the paper's 1e-3; 0.01 with "all-images")
     recipe: str = "auto"
     epochs: int | None = None
     batch_size: int | None = None
@@ -126,8 +128,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # validate and return an exponential moving average of the weights (0: off)
     l2sp_proj: float = 0.0  # weight of ||W1 - W1_start||² in the loss (L2-SP)
     l2sp_vocab: float = 0.0  # weight of ||W2 - W2_start||² (the output rows) in the loss
-    # the images each step's captions are scored against: the batch's, or every training image
-    candidates: str = "batch"
+    # the images each step's captions are scored against: the batch's (the paper), or every training image;
+    # None: the recipe's
+    candidates: str | None = None
     # text-space start: an image's ridge target is the mean embedding of all its caption texts
     # (data.meta["image_captions"], e.g. captions_all.jsonl), not only of those with vectors
     ridge_all_captions: bool = False
@@ -137,7 +140,8 @@ class TrainConfig:
         _check_choice("exp", self.exp, EXPANSION_MODES)
         _check_choice("recipe", self.recipe, RECIPES)
         self._check_finite()
-        D2SLoss(self.tau, self.lam, self.eta, self.regulariser)  # validates tau, lam, eta, regulariser
+        # validates tau, lam, eta, regulariser (tau None: the recipe sets it)
+        D2SLoss(PAPER_TAU if self.tau is None else self.tau, self.lam, self.eta, self.regulariser)
         self._check_ranges()
         if self.output_vocab is not None:
             _check_choice("output_vocab", self.output_vocab, OUTPUT_VOCABS)
@@ -146,7 +150,8 @@ class TrainConfig:
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
         _check_choice("proj_init", self.proj_init, PROJ_INITS)
         _check_choice("negatives", self.negatives, NEGATIVES)
-        _check_choice("candidates", self.candidates, CANDIDATES)
+        if self.candidates is not None:
+            _check_choice("candidates", self.candidates, CANDIDATES)
         if self.init is not None:
             _check_choice("init", self.init, INITS)
             if self.init == "text-space" and self.proj_init != "default":
@@ -180,6 +185,8 @@ class TrainConfig:
             self.proj_init != "default" or self.hidden_dim not in (None, 384)
         ):
             chosen["init"] = "embeddings"  # an explicit W1 initialisation or width asks for the paper's start
+        if self.candidates is not None:  # τ follows explicit candidates: 0.01 over all images, else 1e-3
+            chosen["tau"] = tau_for(self.candidates)
         # replace() re-runs the checks: own_token_fit with a recipe that starts elsewhere is refused there
         return replace(self, **{k: chosen[k] for k in RECIPE_KEYS if getattr(self, k) is None})
 

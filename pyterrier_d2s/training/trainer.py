@@ -208,15 +208,20 @@ class _Run:
         n, mine = len(rows), self.dist.local_slice(len(rows))
         expansion = self.control.draw(self.token_rows.mask(rows), self.p_c, self.p_k, self.mask_generator)
         local = rows[mine]
+        # candidates="all-images": every rank scores all training images itself (nothing gathered for them);
+        # their gradient path is then the same on every rank, so the mean all-reduce keeps it exact
+        all_images = self.cfg.candidates == "all-images"
         use_amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             s_cap = self.head(z_cap[local], mask=expansion[mine])
-            s_img = self.head(z_img[cap_img[local]])
+            s_img = self.head(z_img if all_images else z_img[cap_img[local]])
             if self.cfg.negatives == "global":
-                s_cap, s_img = self.dist.gather(s_cap, n), self.dist.gather(s_img, n)
+                s_cap = self.dist.gather(s_cap, n)
+                s_img = s_img if all_images else self.dist.gather(s_img, n)
             else:
                 rows = local
-            parts = self.loss_fn(s_img, s_cap, z_img[cap_img[rows]], z_cap[rows], l1_factor=self.l1_factor)
+            zi = z_img if all_images else z_img[cap_img[rows]]
+            parts = self.loss_fn(s_img, s_cap, zi, z_cap[rows], l1_factor=self.l1_factor)
         if len(rows) < 2:  # "local" with fewer than 2 rows here (an epoch's short last batch): no signal
             parts.total = self.dist.zero_loss(self.head.parameters())
         # every rank adds the same L2-SP term: its averaged gradient is the one-process gradient
@@ -443,8 +448,6 @@ class D2STrainer:
         full_head = self.new_head(train.dim, dense_encoder, cfg)
         if cfg.proj_init == "pca":
             pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
-        if cfg.candidates == "all-images" and self.dist.active:
-            raise ValueError("candidates='all-images' is one-process only (not under torchrun)")
         if cfg.init == "text-space":
             image_captions = train.meta.get("image_captions") if cfg.ridge_all_captions else None
             text_space_init_(
