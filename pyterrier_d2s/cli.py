@@ -56,7 +56,19 @@ def _add_loss_options(p: argparse.ArgumentParser) -> None:
         "--eta", type=_finite_float, default=1e-3, help="η, sparsity regularisation weight (Eq. 7)"
     )
     p.add_argument("--lam", type=_finite_float, default=0.5, help="λ of Eq. 7")
-    p.add_argument("--tau", type=_finite_float, default=1e-3, help="teacher temperature τ")
+    p.add_argument(
+        "--tau",
+        type=_finite_float,
+        default=None,
+        help="teacher temperature τ (default: from the recipe; the paper's 1e-3, 0.01 with --candidates all-images)",
+    )
+    p.add_argument(
+        "--candidates",
+        choices=("batch", "all-images"),
+        default=None,
+        help="images each step's captions are scored against: the batch's (the paper) or every training image "
+        "(default: from the recipe; all-images up to 4,096 training images)",
+    )
 
 
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
@@ -190,6 +202,7 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
         proj_init=args.proj_init,
         regulariser=args.regulariser,
         negatives=args.negatives,
+        candidates=args.candidates,
     )
     report = train_head(
         args.data,

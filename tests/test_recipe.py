@@ -39,3 +39,21 @@ def test_paper_recipe_and_unknown_name():
     assert paper_recipe(shape)["epochs"] == 200 and paper_recipe(shape)["batch_size"] == 512
     with pytest.raises(ValueError, match="recipe must be one of"):
         recipe_for("coco500", shape)
+
+
+def test_small_sets_score_every_training_image_with_a_softer_teacher():
+    from pyterrier_d2s.training import TrainConfig
+
+    small = TrainingSetShape(images=350, captions=350, dim=512)
+    assert (auto_recipe(small)["candidates"], auto_recipe(small)["tau"]) == ("all-images", 0.01)
+    edge = TrainingSetShape(images=4096, captions=20_000, dim=512)
+    assert auto_recipe(edge)["candidates"] == "all-images"
+    big = TrainingSetShape(images=4097, captions=20_000, dim=512)
+    assert (auto_recipe(big)["candidates"], auto_recipe(big)["tau"]) == ("batch", 1e-3)
+    assert (paper_recipe(small)["candidates"], paper_recipe(small)["tau"]) == ("batch", 1e-3)
+    # explicit values win over the recipe
+    cfg = TrainConfig(tau=1e-3).resolved(small)
+    assert (cfg.candidates, cfg.tau) == ("all-images", 1e-3)
+    # τ follows explicit candidates (the paper's 1e-3 with the batch's images), also under recipe="paper"
+    assert TrainConfig(candidates="batch").resolved(small).tau == 1e-3
+    assert TrainConfig(recipe="paper", candidates="all-images").resolved(small).tau == 0.01

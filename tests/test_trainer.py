@@ -329,7 +329,7 @@ def test_cuda_graph_training_equals_eager_training(vocab):
     data = random_pairs(n_images=64)  # 128 captions, batch 24: 5 full batches and a short one per epoch
     runs = {
         graph: D2STrainer(
-            small_config(batch_size=24, epochs=3, cuda_graph=graph),
+            small_config(batch_size=24, epochs=3, cuda_graph=graph, candidates="batch"),  # graphed
             vocab=vocab,
             device="cuda",
             progress=False,

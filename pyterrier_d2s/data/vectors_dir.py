@@ -120,10 +120,22 @@ def _load_vectors(path: Path) -> np.ndarray:
     return arr
 
 
+#: every caption text of each image, beside the vectors (only some captions need a vector)
+ALL_CAPTIONS_FILE = "captions_all.jsonl"
+
+
 def _meta(d: Path, images: list[dict]) -> dict:
     meta: dict = {"images": images}
     encoder_file = d / "encoder.json"
     if encoder_file.is_file():
         # so that a head trained on these vectors records which dense model it needs at query time
         meta["dense_encoder"] = json.loads(encoder_file.read_text(encoding="utf-8")).get("dense_encoder")
+    all_captions = d / ALL_CAPTIONS_FILE
+    if all_captions.is_file():
+        # every caption text of each image, also those without a vector (TrainConfig.ridge_all_captions)
+        image_captions: dict[str, list[str]] = {}
+        for row in read_jsonl(all_captions):
+            if "image_id" in row and "caption" in row:
+                image_captions.setdefault(str(row["image_id"]), []).append(str(row["caption"]))
+        meta["image_captions"] = image_captions
     return meta

@@ -38,7 +38,17 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # settings that change how fast a run goes, not what it computes: a run may resume with other values
 RUNTIME_SETTINGS = ("amp", "cuda_graph", "eval_batch_size")
 # settings added after checkpoints were written: left out at their default, so those checkpoints resume
-_LATER_DEFAULTS = {"negatives": "global"}
+_LATER_DEFAULTS = {
+    "negatives": "global",
+    "hidden_dropout": 0.0,
+    "input_noise": 0.0,
+    "input_dropout": 0.0,
+    "ema_decay": 0.0,
+    "l2sp_proj": 0.0,
+    "l2sp_vocab": 0.0,
+    "candidates": "batch",
+    "ridge_all_captions": False,
+}
 
 
 def comparable_settings(

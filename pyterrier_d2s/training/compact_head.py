@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..head import D2SHead, sparse_projection
+from .regularisers import dropout_mask, perturb_inputs
 
 __all__ = ["TokenRows", "TrainingHead", "pca_init_"]
 
@@ -61,10 +62,23 @@ class TrainingHead(nn.Module):
             self.vocab_proj.bias.copy_(head.vocab_proj.bias[idx])
         self.register_buffer("keep_mask", torch.ones(len(columns)), persistent=False)
         self.columns = columns
+        # training-time noise (TrainConfig.hidden_dropout / input_noise / input_dropout), drawn from
+        # ``generator``; none in eval mode, so validation and the returned head are deterministic
+        self.hidden_dropout = 0.0
+        self.input_noise = 0.0
+        self.input_dropout = 0.0
+        self.generator: torch.Generator | None = None
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = self.keep_mask if mask is None else mask * self.keep_mask
-        return sparse_projection(self.norm(self.proj(z)), self.vocab_proj.weight, self.vocab_proj.bias, keep)
+        if self.training:
+            z = perturb_inputs(z, self.input_noise, self.input_dropout, self.generator)
+        hidden = self.norm(self.proj(z))
+        if self.training and self.hidden_dropout:
+            hidden = hidden * dropout_mask(
+                hidden.shape, self.hidden_dropout, self.generator, hidden.device
+            ).to(hidden.dtype)
+        return sparse_projection(hidden, self.vocab_proj.weight, self.vocab_proj.bias, keep)
 
     @torch.no_grad()
     def write_into(self, head: D2SHead, state: dict[str, torch.Tensor]) -> None:

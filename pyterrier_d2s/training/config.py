@@ -15,9 +15,9 @@ import numpy as np
 
 from .expansion import EXPANSION_MODES, ExpansionControl
 from .loss import D2SLoss
-from .recipe import RECIPES, TrainingSetShape, recipe_for
+from .recipe import PAPER_TAU, RECIPES, TrainingSetShape, recipe_for, tau_for
 
-__all__ = ["INITS", "NEGATIVES", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
+__all__ = ["CANDIDATES", "INITS", "NEGATIVES", "OUTPUT_VOCABS", "PROJ_INITS", "RECIPE_KEYS", "TrainConfig"]
 
 # options a recipe sets when the config leaves them at None
 RECIPE_KEYS = (
@@ -29,14 +29,32 @@ RECIPE_KEYS = (
     "output_vocab",
     "select_from",
     "init",
+    "tau",
+    "candidates",
 )
 OUTPUT_VOCABS = ("all", "captions", "caption-words")
 PROJ_INITS = ("default", "pca")
 INITS = ("embeddings", "random", "text-space")
 NEGATIVES = ("global", "local")
+CANDIDATES = ("batch", "all-images")
 
 # fields that must be finite numbers when they are set
-_FINITE_FIELDS = ("eta", "lam", "tau", "lr_proj", "lr_vocab", "lr_vocab_bias", "warmup_ratio", "select_from")
+_FINITE_FIELDS = (
+    "eta",
+    "lam",
+    "tau",
+    "lr_proj",
+    "lr_vocab",
+    "lr_vocab_bias",
+    "warmup_ratio",
+    "select_from",
+    "hidden_dropout",
+    "input_noise",
+    "input_dropout",
+    "ema_decay",
+    "l2sp_proj",
+    "l2sp_vocab",
+)
 # (field, test, requirement): a set value must pass the test, or "<field> must be <requirement>, not <value>"
 _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lr_proj", lambda v: v >= 0, ">= 0"),
@@ -46,6 +64,12 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("epochs", lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda v: v >= 2, ">= 2"),
     ("own_token_fit", lambda v: v >= 0, ">= 0"),
+    ("hidden_dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("input_noise", lambda v: v >= 0, ">= 0"),
+    ("input_dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("ema_decay", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("l2sp_proj", lambda v: v >= 0, ">= 0"),
+    ("l2sp_vocab", lambda v: v >= 0, ">= 0"),
 )
 
 
@@ -72,7 +96,7 @@ class TrainConfig:
     exp: str = "c+w"
     eta: float = 1e-3
     lam: float = 0.5
-    tau: float = 1e-3
+    tau: float | None = None  # teacher τ; None: the recipe's (the paper's 1e-3; 0.01 with "all-images")
     recipe: str = "auto"
     epochs: int | None = None
     batch_size: int | None = None
@@ -97,13 +121,27 @@ class TrainConfig:
     # under torchrun: in-batch negatives over the global batch (the one-process loss; gathers the |V|-wide
     # outputs every step) or over each rank's own rows ("local": nothing gathered, not the one-process loss)
     negatives: str = "global"
+    # regularisers of the generalisation gap (issue 10; all off by default, measured in the README):
+    hidden_dropout: float = 0.0  # dropout on the hidden vector LN(W1 z) in training steps
+    input_noise: float = 0.0  # Gaussian noise of about this norm on the student's input vectors z
+    input_dropout: float = 0.0  # dropout on the student's input vectors z (the teacher sees them clean)
+    ema_decay: float = 0.0  # validate and return an exponential moving average of the weights (0: off)
+    l2sp_proj: float = 0.0  # weight of ||W1 - W1_start||² in the loss (L2-SP)
+    l2sp_vocab: float = 0.0  # weight of ||W2 - W2_start||² (the output rows) in the loss
+    # the images each step's captions are scored against: the batch's (the paper), or every training image;
+    # None: the recipe's
+    candidates: str | None = None
+    # text-space start: an image's ridge target is the mean embedding of all its caption texts
+    # (data.meta["image_captions"], e.g. captions_all.jsonl), not only of those with vectors
+    ridge_all_captions: bool = False
 
     def __post_init__(self):
         # the checks run in this order, so a config with several bad values names the same one as before
         _check_choice("exp", self.exp, EXPANSION_MODES)
         _check_choice("recipe", self.recipe, RECIPES)
         self._check_finite()
-        D2SLoss(self.tau, self.lam, self.eta, self.regulariser)  # validates tau, lam, eta, regulariser
+        # validates tau, lam, eta, regulariser (tau None: the recipe sets it)
+        D2SLoss(PAPER_TAU if self.tau is None else self.tau, self.lam, self.eta, self.regulariser)
         self._check_ranges()
         if self.output_vocab is not None:
             _check_choice("output_vocab", self.output_vocab, OUTPUT_VOCABS)
@@ -112,6 +150,8 @@ class TrainConfig:
         ExpansionControl(self.exp, 1, np.zeros(1), self.caption_draw, self.own_terms)  # validates both
         _check_choice("proj_init", self.proj_init, PROJ_INITS)
         _check_choice("negatives", self.negatives, NEGATIVES)
+        if self.candidates is not None:
+            _check_choice("candidates", self.candidates, CANDIDATES)
         if self.init is not None:
             _check_choice("init", self.init, INITS)
             if self.init == "text-space" and self.proj_init != "default":
@@ -120,6 +160,11 @@ class TrainConfig:
                 )
         if self.own_token_fit and self.init not in (None, "text-space"):
             raise ValueError(f"own_token_fit needs init='text-space', not init={self.init!r}")
+
+    @property
+    def stochastic_step(self) -> bool:
+        """Whether a step draws noise besides the expansion masks (dropout or input noise)."""
+        return bool(self.hidden_dropout or self.input_noise or self.input_dropout)
 
     def _check_finite(self) -> None:
         for name in _FINITE_FIELDS:
@@ -140,6 +185,8 @@ class TrainConfig:
             self.proj_init != "default" or self.hidden_dim not in (None, 384)
         ):
             chosen["init"] = "embeddings"  # an explicit W1 initialisation or width asks for the paper's start
+        if self.candidates is not None:  # τ follows explicit candidates: 0.01 over all images, else 1e-3
+            chosen["tau"] = tau_for(self.candidates)
         # replace() re-runs the checks: own_token_fit with a recipe that starts elsewhere is refused there
         return replace(self, **{k: chosen[k] for k in RECIPE_KEYS if getattr(self, k) is None})
 

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SentenceEncoder",
+    "all_caption_targets",
     "caption_targets",
     "fit_own_tokens_",
     "own_token_targets",
@@ -126,6 +127,31 @@ def caption_targets(
     return images, (targets / np.linalg.norm(targets, axis=1, keepdims=True)).astype(np.float32)
 
 
+def all_caption_targets(
+    encoder: SentenceEncoder,
+    image_ids: Sequence[str],
+    image_captions: dict[str, list[str]],
+    fallback: np.ndarray,
+) -> np.ndarray:
+    """Per image of ``image_ids``: the normalised mean embedding of its texts in ``image_captions``, or its
+    ``fallback`` row where it has none there."""
+    texts, owner = [], []
+    for row, image_id in enumerate(image_ids):
+        for text in image_captions.get(str(image_id)) or []:
+            texts.append(text)
+            owner.append(row)
+    out = np.array(fallback, dtype=np.float32, copy=True)
+    if not texts:
+        return out
+    emb = encoder.encode(texts)
+    sums = np.zeros((len(image_ids), emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, np.asarray(owner), emb)
+    has = np.unique(np.asarray(owner))
+    out[has] = sums[has] / np.linalg.norm(sums[has], axis=1, keepdims=True)
+    logger.info("text-space init: %d images mapped onto %d caption texts", len(has), len(texts))
+    return out
+
+
 def ridge_map(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
     """``A`` (d x e) minimising ``|x A - y|² + ridge |A|²`` (normal equations, float64)."""
     x = np.asarray(x, dtype=np.float64)
@@ -152,8 +178,13 @@ def text_space_init_(
     threshold: float = DEFAULT_THRESHOLD,
     ridge: float = DEFAULT_RIDGE,
     seed: int = 0,
+    image_captions: dict[str, list[str]] | None = None,
 ) -> None:
     """Set W1 (and its bias, to 0) and the ``columns`` rows of W2 and b2 of ``head`` as the module docstring says.
+
+    ``image_captions`` (image id -> caption texts, e.g. every COCO caption of an image where only one has a
+    vector; ``TrainConfig(ridge_all_captions=True)``): an image listed there is mapped onto the normalised mean
+    embedding of those texts instead of only its captions with vectors.
 
     Raises:
         ValueError: if the head's hidden width is not the encoder's.
@@ -167,6 +198,10 @@ def text_space_init_(
     rows = _ridge_sample(train, seed)
     caption_emb = encoder.encode([train.caption_texts[i] for i in rows.tolist()])
     images, image_emb = caption_targets(train.caption_image[rows], caption_emb, len(train.image_ids))
+    if image_captions:
+        image_emb = all_caption_targets(
+            encoder, [train.image_ids[i] for i in images.tolist()], image_captions, image_emb
+        )
     x = np.concatenate([train.caption_vectors[rows], train.image_vectors[images]])
     mapping = ridge_map(x, np.concatenate([caption_emb, image_emb]), ridge)
     words = encoder.encode([vocab.tokens[i] for i in np.asarray(columns).tolist()])

@@ -39,6 +39,7 @@ from .distributed import Distributed, init_from_env
 from .expansion import ExpansionControl
 from .loss import D2SLoss
 from .recipe import TrainingSetShape
+from .regularisers import WeightAverage, l2sp_penalty
 from .schedule import StepSchedule, first_eligible_epoch
 from .text_space import fit_own_tokens_, sentence_encoder, text_space_init_
 from .validation import validation_metrics
@@ -99,6 +100,12 @@ class _Run:
     dist: Distributed = field(
         default_factory=Distributed
     )  # this process's rank in a torchrun job (see .distributed)
+    # TrainConfig.ema_decay: the weight average that is validated and returned (None: the weights themselves)
+    ema: WeightAverage | None = None
+    # TrainConfig.l2sp_*: W1's and W2's (output rows) start values
+    starts: list[torch.Tensor] | None = None
+    # TrainConfig.hidden_dropout / input_*: the head's noise draws (device)
+    noise_generator: torch.Generator | None = None
     p_c: torch.Tensor = field(init=False)
     p_k: torch.Tensor = field(init=False)
     l1_factor: torch.Tensor = field(init=False)
@@ -107,6 +114,37 @@ class _Run:
         self.p_c = torch.zeros((), device=self.device)
         self.p_k = torch.ones(len(self.columns), device=self.device)
         self.l1_factor = torch.ones((), device=self.device)
+        if self.cfg.l2sp_proj or self.cfg.l2sp_vocab:
+            self.starts = [p.detach().clone() for p in self._l2sp_params()]
+        if self.cfg.ema_decay:
+            self.ema = WeightAverage(self.head, self.cfg.ema_decay)
+        if self.cfg.stochastic_step:
+            self.noise_generator = torch.Generator(device=self.device).manual_seed(
+                self.cfg.seed + 2 + self.dist.rank
+            )
+            self.head.hidden_dropout = self.cfg.hidden_dropout
+            self.head.input_noise = self.cfg.input_noise
+            self.head.input_dropout = self.cfg.input_dropout
+            self.head.generator = self.noise_generator
+
+    @property
+    def eval_head(self) -> torch.nn.Module:
+        """The weights that are validated and kept: the weight average with ``ema_decay``, else the head."""
+        return self.head if self.ema is None else self.ema.module
+
+    def _l2sp_params(self) -> list[torch.Tensor]:
+        return [self.head.proj.weight, self.head.vocab_proj.weight]
+
+    def _regularised(self, total: torch.Tensor) -> torch.Tensor:
+        """``total`` plus the L2-SP pull toward the start (``l2sp_proj`` / ``l2sp_vocab``), if any."""
+        if self.starts is None:
+            return total
+        penalty = l2sp_penalty(self._l2sp_params(), self.starts, [self.cfg.l2sp_proj, self.cfg.l2sp_vocab])
+        return total if penalty is None else total + penalty
+
+    def _after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.head)
 
     @property
     def pairs(self) -> int:
@@ -141,7 +179,8 @@ class _Run:
         if self.dist.active:
             return self._distributed_step(rows)
         z_cap, z_img, cap_img = self.train_tensors
-        zc, zi = z_cap[rows], z_img[cap_img[rows]]
+        # candidates="all-images": every training image against the batch's captions, both directions
+        zc, zi = z_cap[rows], (z_img if self.cfg.candidates == "all-images" else z_img[cap_img[rows]])
         expansion = self.control.draw(self.token_rows.mask(rows), self.p_c, self.p_k, self.mask_generator)
         use_amp = self.cfg.amp and self.device.type == "cuda"
         # no autocast weight cache: a graph replay must recast the weights the optimiser changed
@@ -149,9 +188,11 @@ class _Run:
             s_cap = self.head(zc, mask=expansion)
             s_img = self.head(zi)
             parts = self.loss_fn(s_img, s_cap, zi, zc, l1_factor=self.l1_factor)
-        parts.total.backward()
+            total = self._regularised(parts.total)
+        total.backward()
         self.optimizer.step()
-        return parts.total.detach()
+        self._after_step()
+        return total.detach()
 
     def _distributed_step(self, rows: torch.Tensor) -> torch.Tensor:
         """One data-parallel step: this rank's slice of the global batch ``rows`` through the head.
@@ -167,21 +208,29 @@ class _Run:
         n, mine = len(rows), self.dist.local_slice(len(rows))
         expansion = self.control.draw(self.token_rows.mask(rows), self.p_c, self.p_k, self.mask_generator)
         local = rows[mine]
+        # candidates="all-images": every rank scores all training images itself (nothing gathered for them);
+        # their gradient path is then the same on every rank, so the mean all-reduce keeps it exact
+        all_images = self.cfg.candidates == "all-images"
         use_amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             s_cap = self.head(z_cap[local], mask=expansion[mine])
-            s_img = self.head(z_img[cap_img[local]])
+            s_img = self.head(z_img if all_images else z_img[cap_img[local]])
             if self.cfg.negatives == "global":
-                s_cap, s_img = self.dist.gather(s_cap, n), self.dist.gather(s_img, n)
+                s_cap = self.dist.gather(s_cap, n)
+                s_img = s_img if all_images else self.dist.gather(s_img, n)
             else:
                 rows = local
-            parts = self.loss_fn(s_img, s_cap, z_img[cap_img[rows]], z_cap[rows], l1_factor=self.l1_factor)
+            zi = z_img if all_images else z_img[cap_img[rows]]
+            parts = self.loss_fn(s_img, s_cap, zi, z_cap[rows], l1_factor=self.l1_factor)
         if len(rows) < 2:  # "local" with fewer than 2 rows here (an epoch's short last batch): no signal
             parts.total = self.dist.zero_loss(self.head.parameters())
-        parts.total.backward()
+        # every rank adds the same L2-SP term: its averaged gradient is the one-process gradient
+        total = self._regularised(parts.total)
+        total.backward()
         self.dist.average_gradients(self.head.parameters())
         self.optimizer.step()
-        loss = parts.total.detach()
+        self._after_step()
+        loss = total.detach()
         return loss if self.cfg.negatives == "global" else self.dist.sum(loss) / self.dist.world
 
     def _eager_step(self, rows: torch.Tensor) -> torch.Tensor:
@@ -231,7 +280,7 @@ class _Run:
         Raises:
             FloatingPointError: the epoch's mean loss is not finite.
         """
-        metrics = validation_metrics(self.head, self.val_tensors, self.val_own, self.cfg.eval_batch_size)
+        metrics = validation_metrics(self.eval_head, self.val_tensors, self.val_own, self.cfg.eval_batch_size)
         loss_value = float(epoch_loss) / self.schedule.steps_per_epoch
         if not math.isfinite(loss_value):
             raise FloatingPointError(
@@ -240,10 +289,23 @@ class _Run:
         return {"epoch": epoch + 1, "loss": loss_value, "p_c": self.control.caption_prob(epoch), **metrics}
 
     def checkpoint(self, state: TrainingState, fingerprint: dict) -> dict[str, Any]:
-        """The checkpoint of ``state`` with this run's weights, optimiser, generators and configuration."""
-        return state.checkpoint(
+        """The checkpoint of ``state`` with this run's weights, optimiser, generators and configuration (and the
+        weight average and noise generator, where the run has them)."""
+        ckpt = state.checkpoint(
             self.head, self.optimizer, self.generator, self.mask_generator, asdict(self.cfg), fingerprint
         )
+        if self.ema is not None:
+            ckpt["ema"] = self.ema.state_dict()
+        if self.noise_generator is not None:
+            ckpt["noise_generator"] = self.noise_generator.get_state()
+        return ckpt
+
+    def restore_extras(self, ckpt: dict[str, Any]) -> None:
+        """Load the weight average and noise generator of ``ckpt`` (see :meth:`checkpoint`)."""
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        if self.noise_generator is not None:
+            self.noise_generator.set_state(ckpt["noise_generator"])
 
 
 class D2STrainer:
@@ -351,7 +413,7 @@ class D2STrainer:
             record = self.dist.broadcast_object(
                 run.epoch_record(epoch, epoch_loss) if self.dist.is_main else None
             )
-            state.finish_epoch(record, eligible=epoch + 1 >= eligible_from, head=run.head)
+            state.finish_epoch(record, eligible=epoch + 1 >= eligible_from, head=run.eval_head)
             bar.set_postfix(
                 loss=f"{record['loss']:.3f}",
                 r1=f"{record['r1']:.3f}",
@@ -387,12 +449,22 @@ class D2STrainer:
         if cfg.proj_init == "pca":
             pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
         if cfg.init == "text-space":
-            text_space_init_(full_head, train, columns, self.vocab, encoder=sentence_encoder(), seed=cfg.seed)
+            image_captions = train.meta.get("image_captions") if cfg.ridge_all_captions else None
+            text_space_init_(
+                full_head,
+                train,
+                columns,
+                self.vocab,
+                encoder=sentence_encoder(),
+                seed=cfg.seed,
+                image_captions=image_captions,
+            )
             if cfg.own_token_fit:
                 fit_own_tokens_(full_head, train, columns, own_train, cfg.own_token_fit, seed=cfg.seed)
         head = TrainingHead(full_head, columns).to(dev)
         # a captured step cannot hold collectives: the CUDA-graph fast path is one-process only
-        graphed = cfg.cuda_graph and GraphedStep.supported(dev) and not self.dist.active
+        # the gap regularisers (dropout, noise, EMA, L2-SP, all-image candidates) run eagerly
+        graphed = cfg.cuda_graph and GraphedStep.supported(dev) and not self.dist.active and _plain_step(cfg)
         base_lrs = [
             cfg.lr_proj,
             cfg.lr_vocab,
@@ -427,8 +499,32 @@ class D2STrainer:
         if ckpt is None:
             return TrainingState()
         state = TrainingState.restore(ckpt, run.head, run.optimizer, run.generator, run.mask_generator)
+        run.restore_extras(ckpt)
         logger.info("resuming from %s at epoch %d", self.checkpoint_dir, state.epoch)
         return state
+
+
+def _plain_step(cfg: TrainConfig) -> bool:
+    """Whether the step is the paper's: no dropout, input noise, weight average, L2-SP or extra candidates."""
+    return not (
+        cfg.stochastic_step or cfg.ema_decay or cfg.l2sp_proj or cfg.l2sp_vocab or cfg.candidates != "batch"
+    )
+
+
+def _gap_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The generalisation-gap options the run set away from their (off) defaults, for the head's record."""
+    defaults = TrainConfig()
+    names = (
+        "hidden_dropout",
+        "input_noise",
+        "input_dropout",
+        "ema_decay",
+        "l2sp_proj",
+        "l2sp_vocab",
+        "candidates",
+        "ridge_all_captions",
+    )
+    return {k: getattr(cfg, k) for k in names if getattr(cfg, k) != getattr(defaults, k)}
 
 
 def _training_and_validation(data: PairedVectors) -> tuple[PairedVectors, PairedVectors]:
@@ -481,6 +577,7 @@ def _result(run: _Run, state: TrainingState, data_name: str, started: float) -> 
         "val_mrr": state.best_score,
         "output_tokens": len(run.columns),
         "trained_on": data_name,
+        **_gap_options(cfg),
     }
     return TrainResult(
         run.full_head, state.best_epoch, best_r1, state.history, time.perf_counter() - started, cfg
