@@ -445,22 +445,7 @@ class D2STrainer:
         if cfg.exp == "0":  # a model trained without expansion is validated without it
             val_ids = ids_to_csr(self.vocab.token_ids(val.caption_texts), len(self.vocab))[:, columns]
             val_own = TokenRows(val_ids.tocsr(), dev)
-        full_head = self.new_head(train.dim, dense_encoder, cfg)
-        if cfg.proj_init == "pca":
-            pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
-        if cfg.init == "text-space":
-            image_captions = train.meta.get("image_captions") if cfg.ridge_all_captions else None
-            text_space_init_(
-                full_head,
-                train,
-                columns,
-                self.vocab,
-                encoder=sentence_encoder(),
-                seed=cfg.seed,
-                image_captions=image_captions,
-            )
-            if cfg.own_token_fit:
-                fit_own_tokens_(full_head, train, columns, own_train, cfg.own_token_fit, seed=cfg.seed)
+        full_head = self._started_head(cfg, train, columns, own_train, dense_encoder)
         head = TrainingHead(full_head, columns).to(dev)
         # a captured step cannot hold collectives: the CUDA-graph fast path is one-process only
         # the gap regularisers (dropout, noise, EMA, L2-SP, all-image candidates) run eagerly
@@ -492,6 +477,33 @@ class D2STrainer:
             val_tensors=_to_device(val, dev),
             dist=self.dist,
         )
+
+    def _started_head(
+        self,
+        cfg: TrainConfig,
+        train: PairedVectors,
+        columns: np.ndarray,
+        own_train,
+        dense_encoder: str | None,
+    ) -> D2SHead:
+        """The full head with its start: the paper's, PCA's W1, or the text-space ridge map (+ own-token fit)."""
+        full_head = self.new_head(train.dim, dense_encoder, cfg)
+        if cfg.proj_init == "pca":
+            pca_init_(full_head.proj, np.concatenate([train.image_vectors, train.caption_vectors]))
+        if cfg.init == "text-space":
+            image_captions = train.meta.get("image_captions") if cfg.ridge_all_captions else None
+            text_space_init_(
+                full_head,
+                train,
+                columns,
+                self.vocab,
+                encoder=sentence_encoder(),
+                seed=cfg.seed,
+                image_captions=image_captions,
+            )
+            if cfg.own_token_fit:
+                fit_own_tokens_(full_head, train, columns, own_train, cfg.own_token_fit, seed=cfg.seed)
+        return full_head
 
     def _resume(self, run: _Run, fingerprint: dict) -> TrainingState:
         """The state of the checkpoint in :attr:`checkpoint_dir`, loaded into ``run``; a fresh one without."""
