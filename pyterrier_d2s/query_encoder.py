@@ -5,7 +5,7 @@ query_toks = D2SQueryEncoder(model, expansion=False)     # qid, query (+ query_v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,9 +94,10 @@ def csr_to_toks(m: sp.csr_matrix, tokens: list[str]) -> list[dict[str, float]]:
     return out
 
 
-def query_vectors(inp: pd.DataFrame) -> np.ndarray | None:
-    """The ``query_vec`` column as a float32 matrix (None without one); ValueError naming a bad query."""
-    if "query_vec" not in inp.columns:
+def query_vectors(inp: pd.DataFrame | Mapping) -> np.ndarray | None:
+    """The ``query_vec`` column of a frame (or of its :func:`~pyterrier_d2s.frames.column_arrays`) as a float32
+    matrix (None without one); ValueError naming a bad query."""
+    if "query_vec" not in (inp.columns if isinstance(inp, pd.DataFrame) else inp):
         return None
     return query_vector_matrix(inp["qid"], inp["query_vec"])
 
@@ -171,8 +172,8 @@ class D2SQueryEncoder(pt.Transformer):
         """The sparse queries (CSR over the vocabulary) of a frame's :func:`~pyterrier_d2s.frames.column_arrays`
         (``vectors``: its ``query_vec`` column as a matrix, when the caller has it already)."""
         texts = [str(q) for q in columns["query"]]
-        if vectors is None and "query_vec" in columns:
-            vectors = query_vector_matrix(columns["qid"], columns["query_vec"])
+        if vectors is None:
+            vectors = query_vectors(columns)
         return self.model.encode_texts(
             texts,
             vectors,
@@ -243,9 +244,7 @@ class EncodedRetriever(pt.Transformer):
         ``inp``."""
         self.encoder.check_frame(inp)
         columns = column_arrays(inp)
-        vectors = None
-        if "query_vec" in columns:
-            vectors = query_vector_matrix(columns["qid"], columns["query_vec"])
+        vectors = query_vectors(columns)
         csr = self.encoder.encode_columns(columns, vectors)
         columns["query_toks"] = object_array(csr_to_toks(csr, self.encoder.model.vocab.tokens))
         col_of = index_columns(self.encoder.model.vocab, self.retriever.index)[0]

@@ -18,13 +18,13 @@ import scipy.sparse as sp
 
 from .frames import column_arrays, frame_from_arrays, object_array
 from .head import SCREEN_MAX_ROWS
-from .index.engines import group_ranks
 from .index.results import (
     RESULT_COLUMNS,
     candidate_rows,
     empty_reranked,
     hits_frame,
     query_groups,
+    ranked_order,
     rerank,
     score_pairs,
 )
@@ -206,10 +206,7 @@ class RetrieveRescore(pt.Transformer):
         scores, expanded = self.rescorer.expanded_scores(
             columns, query_rows, qcodes, hits.rows, None if vectors is None else vectors[query_rows]
         )
-        order = np.lexsort((-scores, qcodes))  # stable: ties keep the first stage's order
-        ranks = group_ranks(qcodes[order])
-        if self.rescorer.num_results is not None:
-            order, ranks = order[ranks < self.rescorer.num_results], ranks[ranks < self.rescorer.num_results]
+        order, ranks = ranked_order(qcodes, scores, self.rescorer.num_results)  # ties: first-stage order
         positions = hits.qpos[order]
         out = {c: a.take(positions) for c, a in columns.items() if c not in RESULT_COLUMNS}
         if self.rescorer.expanded_toks:

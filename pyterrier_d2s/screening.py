@@ -25,15 +25,21 @@ __all__ = ["Int8Screen"]
 _ROUNDING = 2.0**-23
 
 
+@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
+def _may_exceed(q, scale, slack, bias, j, h, h_l2, round_coef, limit):  # pragma: no cover - compiled
+    """Whether screened row ``j``'s logit can exceed ``limit``: its int8 logit plus the error bound."""
+    acc = np.float32(0.0)
+    for i in range(q.shape[1]):
+        acc += np.float32(q[j, i]) * h[i]
+    return scale[j] * acc + bias[j] + h_l2 * slack[j] + round_coef * scale[j] > limit
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _screen_rows(q, scale, slack, bias, h, h_l2, round_coef, limit, out):  # pragma: no cover - compiled
     """Positions j with ``s_j (q_j·h) + b_j + ||h||_2 ||e_j||_2 + rounding > limit`` written to ``out``."""
     n = 0
     for j in range(q.shape[0]):
-        acc = np.float32(0.0)
-        for i in range(q.shape[1]):
-            acc += np.float32(q[j, i]) * h[i]
-        if scale[j] * acc + bias[j] + h_l2 * slack[j] + round_coef * scale[j] > limit:
+        if _may_exceed(q, scale, slack, bias, j, h, h_l2, round_coef, limit):
             out[n] = j
             n += 1
     return n
@@ -49,10 +55,7 @@ def _screen_and_project(
     n = 0
     for t in range(positions.shape[0]):
         j = positions[t]
-        acc = np.float32(0.0)
-        for i in range(q.shape[1]):
-            acc += np.float32(q[j, i]) * h[i]
-        if scale[j] * acc + bias[j] + h_l2 * slack[j] + round_coef * scale[j] > limit:
+        if _may_exceed(q, scale, slack, bias, j, h, h_l2, round_coef, limit):
             r = rows[j]
             x = np.float32(0.0)
             for i in range(weight.shape[1]):

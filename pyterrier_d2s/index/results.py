@@ -30,6 +30,7 @@ __all__ = [
     "hits_frame",
     "query_groups",
     "query_result_columns",
+    "ranked_order",
     "rerank",
     "score_pairs",
 ]
@@ -98,6 +99,18 @@ def empty_reranked(inp: pd.DataFrame, out_cols: list[str]) -> pd.DataFrame:
     return inp.reindex(columns=out_cols).astype({"score": np.float64, "rank": np.int64})
 
 
+def ranked_order(
+    qcodes: np.ndarray, scores: np.ndarray, num_results: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions best first within each query, queries in ``qcodes`` order, and their 0-based ranks): ties keep
+    the input order; ``num_results`` keeps the first that many of each query."""
+    order = np.lexsort((-scores, qcodes))  # lexsort is stable
+    ranks = group_ranks(qcodes[order])
+    if num_results is not None:
+        order, ranks = order[ranks < num_results], ranks[ranks < num_results]
+    return order, ranks
+
+
 def rerank(
     inp: pd.DataFrame | Mapping[str, Any],
     qcodes: np.ndarray,
@@ -113,10 +126,7 @@ def rerank(
     the input order. ``replaced`` holds whole columns (in input row order) that replace or add to ``inp``'s.
     ``num_results``: keep the first that many rows of each query (what ``% num_results`` would keep).
     """
-    order = np.lexsort((-scores, qcodes))  # lexsort is stable
-    ranks = group_ranks(qcodes[order])
-    if num_results is not None:
-        order, ranks = order[ranks < num_results], ranks[ranks < num_results]
+    order, ranks = ranked_order(qcodes, scores, num_results)
     replaced = replaced or {}
     arrays = column_arrays(inp) if isinstance(inp, pd.DataFrame) else inp
     cols = {

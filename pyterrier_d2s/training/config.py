@@ -38,6 +38,18 @@ INITS = ("embeddings", "random", "text-space")
 NEGATIVES = ("global", "local")
 CANDIDATES = ("batch", "all-images")
 
+#: the generalisation-gap options (TrainConfig fields, off by default); a head records those a run set
+GAP_OPTIONS = (
+    "hidden_dropout",
+    "input_noise",
+    "input_dropout",
+    "ema_decay",
+    "l2sp_proj",
+    "l2sp_vocab",
+    "candidates",
+    "ridge_all_captions",
+)
+
 # fields that must be finite numbers when they are set
 _FINITE_FIELDS = (
     "eta",

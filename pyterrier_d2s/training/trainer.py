@@ -33,7 +33,7 @@ from ..head import D2SHead, D2SHeadConfig, load_word_embeddings
 from ..vocab import Vocabulary, ids_to_csr
 from .checkpoint import CHECKPOINT_NAME, TrainingState, data_fingerprint, load_checkpoint, save_checkpoint
 from .compact_head import TokenRows, TrainingHead, pca_init_
-from .config import TrainConfig
+from .config import GAP_OPTIONS, TrainConfig
 from .cuda_graph import GraphedStep
 from .distributed import Distributed, init_from_env
 from .expansion import ExpansionControl
@@ -526,17 +526,7 @@ def _plain_step(cfg: TrainConfig) -> bool:
 def _gap_options(cfg: TrainConfig) -> dict[str, Any]:
     """The generalisation-gap options the run set away from their (off) defaults, for the head's record."""
     defaults = TrainConfig()
-    names = (
-        "hidden_dropout",
-        "input_noise",
-        "input_dropout",
-        "ema_decay",
-        "l2sp_proj",
-        "l2sp_vocab",
-        "candidates",
-        "ridge_all_captions",
-    )
-    return {k: getattr(cfg, k) for k in names if getattr(cfg, k) != getattr(defaults, k)}
+    return {k: getattr(cfg, k) for k in GAP_OPTIONS if getattr(cfg, k) != getattr(defaults, k)}
 
 
 def _training_and_validation(data: PairedVectors) -> tuple[PairedVectors, PairedVectors]:
